@@ -1,0 +1,24 @@
+"""Filter language: parse JSON-compatible filters against a schema and evaluate them on cells and rows."""
+
+from __future__ import annotations
+
+from squash.filter.evaluate import FULL, NONE, PARTIAL, CompiledFilter, compile_filter
+from squash.filter.parse import MAX_DEPTH, MAX_LEAVES, And, Compare, In, Not, Op, Or, Predicate, parse_filter
+
+__all__ = [
+    "FULL",
+    "MAX_DEPTH",
+    "MAX_LEAVES",
+    "NONE",
+    "PARTIAL",
+    "And",
+    "Compare",
+    "CompiledFilter",
+    "In",
+    "Not",
+    "Op",
+    "Or",
+    "Predicate",
+    "compile_filter",
+    "parse_filter",
+]

@@ -1,0 +1,231 @@
+"""Conservative cell-level evaluation of predicates and exact evaluation on raw values (design 3.3).
+
+Each leaf gets a table of three-valued states, one per cell of its attribute, from the cell's closed interval
+``[cell_lo, cell_hi]``: FULL if every value in it satisfies the leaf, NONE if none does, PARTIAL otherwise.
+Rows take their state by table lookup on their codes, combined by Kleene logic (AND = min, OR = max,
+NOT = 2 - s). Because every encoded value lies in its cell's interval, FULL rows match and NONE rows do not;
+only PARTIAL rows need the exact check, so :meth:`CompiledFilter.matches` equals :meth:`CompiledFilter.exact`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import reduce
+from typing import Any
+
+import numpy as np
+
+from squash.attributes import MAX_BITS, AttributeQuantizer, AttributeSchema, AttrType
+from squash.errors import InvalidInputError
+from squash.filter.parse import And, Compare, In, Not, Op, Or, Predicate, parse_filter
+
+NONE, PARTIAL, FULL = np.uint8(0), np.uint8(1), np.uint8(2)
+_CODES = 2**MAX_BITS
+_COMPARE = {
+    Op.EQ: np.equal,
+    Op.NE: np.not_equal,
+    Op.GT: np.greater,
+    Op.GTE: np.greater_equal,
+    Op.LT: np.less,
+    Op.LTE: np.less_equal,
+}
+
+
+@dataclass(frozen=True)
+class _Table:
+    """States of a subtree that reads one attribute, indexed by that attribute's code."""
+
+    attribute: int
+    states: np.ndarray  # (256,) uint8; codes beyond the attribute's cells are PARTIAL, the safe answer
+
+
+@dataclass(frozen=True)
+class _Combine:
+    is_and: bool
+    children: tuple[_Node, ...]
+
+
+@dataclass(frozen=True)
+class _Negate:
+    child: _Node
+
+
+_Node = _Table | _Combine | _Negate
+
+
+class CompiledFilter:
+    """A predicate with its per-cell state tables, built once per (predicate, quantizer)."""
+
+    def __init__(self, predicate: Predicate, quantizer: AttributeQuantizer) -> None:
+        self.predicate = predicate
+        self.quantizer = quantizer
+        self._integral = tuple(spec.type is not AttrType.FLOAT for spec in quantizer.schema.fields)
+        self._root = self._compile(predicate)
+
+    def cell_states(self, codes: np.ndarray) -> np.ndarray:
+        """Three-valued state per row: (n, A) uint8 codes -> (n,) uint8 of NONE, PARTIAL or FULL."""
+        a = len(self.quantizer.schema)
+        if (
+            not isinstance(codes, np.ndarray)
+            or codes.dtype != np.uint8
+            or codes.ndim != 2
+            or codes.shape[1] != a
+        ):
+            raise InvalidInputError(f"attribute codes must be a uint8 array of shape (n, {a})")
+        return _states(self._root, codes)
+
+    def exact(self, raw: Mapping[str, np.ndarray], rows: np.ndarray | None = None) -> np.ndarray:
+        """Exact bool mask over ``rows`` (int indices or bool mask; None: all rows) of the raw columns."""
+        columns: dict[int, np.ndarray] = {}
+        names = self.quantizer.schema.names
+
+        def column(attribute: int) -> np.ndarray:
+            if attribute not in columns:
+                if names[attribute] not in raw:
+                    raise InvalidInputError(f"raw attribute column {names[attribute]!r} is missing")
+                values = np.asarray(raw[names[attribute]])
+                columns[attribute] = values if rows is None else values[rows]
+            return columns[attribute]
+
+        return _exact(self.predicate, column)
+
+    def matches(
+        self, codes: np.ndarray, raw: Mapping[str, np.ndarray], rows: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Exact bool mask over ``rows`` (as in :meth:`exact`), reading raw values only for PARTIAL rows."""
+        if rows is not None:
+            rows = np.asarray(rows)
+            rows = np.flatnonzero(rows) if rows.dtype == bool else rows
+        states = self.cell_states(codes if rows is None else codes[rows])
+        result = states == FULL
+        partial = np.flatnonzero(states == PARTIAL)
+        if partial.size:
+            result[partial] = self.exact(raw, partial if rows is None else rows[partial])
+        return result
+
+    def state_histogram_bounds(self, histograms: np.ndarray) -> tuple[int, int]:
+        """Bounds ``(certain, possible)`` on the matching rows of a partition from its code histograms.
+
+        ``histograms`` is (A, 256) int: row ``a`` counts the partition's rows per code of attribute ``a``.
+        ``certain <= matching rows <= possible``; a predicate on one attribute gets exact FULL and non-NONE
+        counts, and combinations use Frechet bounds (AND: certain ``sum - (k-1)·n``, possible min; OR: certain
+        max, possible sum capped at n).
+        """
+        histograms = np.asarray(histograms)
+        a = len(self.quantizer.schema)
+        if histograms.shape != (a, _CODES) or histograms.dtype.kind not in "iu":
+            raise InvalidInputError(f"code histograms must be an integer array of shape ({a}, {_CODES})")
+        totals = histograms.sum(axis=1)
+        if (totals != totals[0]).any():
+            raise InvalidInputError("code histograms of one partition must all count the same number of rows")
+        certain, possible = _bounds(self._root, histograms, int(totals[0]))
+        return certain, possible
+
+    def _compile(self, predicate: Predicate) -> _Node:
+        match predicate:
+            case Compare() | In():
+                return _Table(predicate.attribute, self._leaf_states(predicate))
+            case Not(child):
+                node = self._compile(child)
+                return _Table(node.attribute, 2 - node.states) if isinstance(node, _Table) else _Negate(node)
+            case And(children) | Or(children):
+                return _combine(isinstance(predicate, And), [self._compile(c) for c in children])
+        raise TypeError(f"not a predicate: {predicate!r}")
+
+    def _leaf_states(self, leaf: Compare | In) -> np.ndarray:
+        lo, hi = self.quantizer.cell_lo[leaf.attribute], self.quantizer.cell_hi[leaf.attribute]
+        if isinstance(leaf, In):
+            values = np.asarray(leaf.values)
+            inside = np.searchsorted(values, hi, side="right") - np.searchsorted(values, lo, side="left")
+            # An integer-valued cell holds only integers in [lo, hi]: it is FULL when the set covers them all.
+            covered = (lo == hi) | (self._integral[leaf.attribute] & (inside == hi - lo + 1))
+            full, none = (inside > 0) & covered, inside == 0
+        else:
+            v = leaf.value
+            full, none = {
+                Op.EQ: ((lo == v) & (hi == v), (v < lo) | (v > hi)),
+                Op.NE: ((v < lo) | (v > hi), (lo == v) & (hi == v)),
+                Op.GT: (lo > v, hi <= v),
+                Op.GTE: (lo >= v, hi < v),
+                Op.LT: (hi < v, lo >= v),
+                Op.LTE: (hi <= v, lo > v),
+            }[leaf.op]
+        states = np.full(_CODES, PARTIAL)
+        states[: lo.size] = np.where(full, FULL, np.where(none, NONE, PARTIAL))
+        return states
+
+
+def compile_filter(
+    expr: Any, schema: AttributeSchema, quantizer: AttributeQuantizer
+) -> CompiledFilter | None:
+    """Parse ``expr`` against ``schema`` and compile it for ``quantizer``; None when there is no filter."""
+    if quantizer.schema != schema:
+        raise InvalidInputError("the attribute quantizer was fitted for a different schema than the filter's")
+    predicate = parse_filter(expr, schema)
+    return None if predicate is None else CompiledFilter(predicate, quantizer)
+
+
+def _combine(is_and: bool, children: list[_Node]) -> _Node:
+    # Lookups commute with min/max, so same-attribute tables merge into one table: one gather per attribute.
+    merge = np.minimum if is_and else np.maximum
+    tables: dict[int, np.ndarray] = {}
+    others: list[_Node] = []
+    flat: list[_Node] = []
+    for child in children:
+        same_kind = isinstance(child, _Combine) and child.is_and == is_and
+        flat.extend(child.children if same_kind else (child,))
+    for child in flat:
+        if isinstance(child, _Table):
+            known = tables.get(child.attribute)
+            tables[child.attribute] = child.states if known is None else merge(known, child.states)
+        else:
+            others.append(child)
+    merged = [_Table(attribute, states) for attribute, states in tables.items()] + others
+    return merged[0] if len(merged) == 1 else _Combine(is_and, tuple(merged))
+
+
+def _states(node: _Node, codes: np.ndarray) -> np.ndarray:
+    match node:
+        case _Table(attribute, states):
+            return states[codes[:, attribute]]
+        case _Negate(child):
+            return 2 - _states(child, codes)
+        case _Combine(is_and, children):
+            merge = np.minimum if is_and else np.maximum
+            result = _states(children[0], codes)
+            for child in children[1:]:
+                merge(result, _states(child, codes), out=result)
+            return result
+    raise TypeError(f"not a compiled node: {node!r}")
+
+
+def _bounds(node: _Node, histograms: np.ndarray, n: int) -> tuple[int, int]:
+    match node:
+        case _Table(attribute, states):
+            counts = histograms[attribute]
+            return int(counts[states == FULL].sum()), int(counts[states != NONE].sum())
+        case _Negate(child):
+            certain, possible = _bounds(child, histograms, n)
+            return n - possible, n - certain
+        case _Combine(is_and, children):
+            certain, possible = zip(*(_bounds(c, histograms, n) for c in children), strict=True)
+            if is_and:
+                return max(0, sum(certain) - (len(children) - 1) * n), min(possible)
+            return max(certain), min(n, sum(possible))
+    raise TypeError(f"not a compiled node: {node!r}")
+
+
+def _exact(predicate: Predicate, column: Any) -> np.ndarray:
+    match predicate:
+        case Compare(_, attribute, op, value):
+            return _COMPARE[op](column(attribute), value)
+        case In(_, attribute, values):
+            return np.isin(column(attribute), values)
+        case Not(child):
+            return ~_exact(child, column)
+        case And(children):
+            return reduce(np.logical_and, (_exact(c, column) for c in children))
+        case Or(children):
+            return reduce(np.logical_or, (_exact(c, column) for c in children))
+    raise TypeError(f"not a predicate: {predicate!r}")
