@@ -1,0 +1,186 @@
+"""An object store on Amazon S3, or anything that speaks its API (``s3://bucket/prefix``).
+
+boto3 is imported on first use, not with this module, because import time is cold-start time on Lambda.
+The endpoint is never set here: boto3 reads ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``, which is how
+the same code reaches a local emulator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from squash.errors import (
+    InvalidInputError,
+    ObjectNotFoundError,
+    PreconditionFailedError,
+    StorageError,
+    ThrottledError,
+)
+from squash.storage.base import (
+    S3_COALESCE_GAP,
+    ObjectInfo,
+    StoreStats,
+    check_key,
+    check_prefix,
+    check_range,
+    get_coalesced,
+)
+
+# Matches the widest thread-pool fan-out we run against one client, so threads never wait for a connection.
+MAX_POOL_CONNECTIONS = 64
+
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
+_PRECONDITION_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "412"})
+_THROTTLED_CODES = frozenset(
+    {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException"}
+)
+
+# boto3's default session is not safe to use from several threads at once, so clients are built one at a time.
+_CLIENT_LOCK = threading.Lock()
+
+
+class _RangeNotSatisfiable(StorageError):
+    """S3 answered 416: the range starts at or past the end of the object."""
+
+
+class S3Store:
+    """Objects in one S3 bucket under an optional key prefix.
+
+    Pass ``client`` to use a preconfigured (or stubbed) boto3 S3 client; otherwise a plain
+    ``boto3.client("s3")`` with standard retries is created on first use. Reuse one store per process, as a
+    client is costly to build.
+    """
+
+    def __init__(
+        self, bucket: str, prefix: str = "", *, client: Any = None, coalesce_gap: int = S3_COALESCE_GAP
+    ) -> None:
+        if not bucket or "/" in bucket:
+            raise InvalidInputError(f"invalid S3 bucket name {bucket!r}; use a URI like 's3://bucket/prefix'")
+        prefix = prefix.strip("/")
+        if prefix:
+            check_key(prefix)
+        self.bucket = bucket
+        self.prefix = prefix
+        self.uri = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+        self.coalesce_gap = coalesce_gap
+        self.stats = StoreStats()
+        self._root = f"{prefix}/" if prefix else ""
+        self._client = client
+
+    def __repr__(self) -> str:
+        return f"S3Store({self.uri!r})"
+
+    @property
+    def client(self) -> Any:
+        """The boto3 S3 client, created on first use unless one was injected."""
+        if self._client is None:
+            with _CLIENT_LOCK:
+                if self._client is None:
+                    import boto3
+                    from botocore.config import Config
+
+                    config = Config(retries={"mode": "standard"}, max_pool_connections=MAX_POOL_CONNECTIONS)
+                    self._client = boto3.client("s3", config=config)
+        return self._client
+
+    def _object_key(self, key: str) -> str:
+        """The S3 key of a store key or listing prefix: the only place keys are joined to the prefix."""
+        return self._root + key
+
+    @contextlib.contextmanager
+    def _translated(self, operation: str, key: str) -> Iterator[None]:
+        """Turn botocore exceptions raised inside the block into Squash storage errors."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
+        except ClientError as e:
+            raise self._client_error(e, operation, key) from e
+        except BotoCoreError as e:
+            where = f"s3://{self.bucket}/{self._object_key(key)}"
+            raise StorageError(f"S3 {operation} of {where} failed: {e}", key=key) from e
+
+    def _client_error(self, e: Any, operation: str, key: str) -> StorageError:
+        error = e.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        where = f"s3://{self.bucket}/{self._object_key(key)}"
+        message = error.get("Message")
+        detail = f"S3 {operation} of {where} failed with {code or status}" + (
+            f": {message}" if message else ""
+        )
+        # NoSuchBucket is also a 404, but it is a configuration error rather than a missing object.
+        if code in _NOT_FOUND_CODES:
+            return ObjectNotFoundError(f"no object {key!r} in {self.uri}", key=key)
+        if code in _PRECONDITION_CODES or status == 412:
+            return PreconditionFailedError(
+                f"object {key!r} in {self.uri} already exists or is being written concurrently ({code})",
+                key=key,
+            )
+        if code in _THROTTLED_CODES or status == 503:
+            return ThrottledError(detail, key=key)
+        if code == "InvalidRange":
+            return _RangeNotSatisfiable(detail, key=key)
+        return StorageError(detail, key=key)
+
+    def get(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
+        """Return the object's bytes, or only those in ``byte_range`` (one ranged GET)."""
+        request = {"Bucket": self.bucket, "Key": self._object_key(check_key(key))}
+        if byte_range is not None:
+            start, end = check_range(byte_range)
+            if start == end:
+                return b""
+            # HTTP byte ranges include their last byte.
+            request["Range"] = f"bytes={start}-{end - 1}"
+        try:
+            with self._translated("GetObject", key):
+                data = self.client.get_object(**request)["Body"].read()
+        except _RangeNotSatisfiable:
+            return b""
+        self.stats.record_get(len(data))
+        return data
+
+    def get_many(self, key: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        """Return the bytes of each range, with one GET per group of ranges at most ``coalesce_gap`` apart."""
+        return get_coalesced(self.get, check_key(key), ranges, self.coalesce_gap)
+
+    def head(self, key: str) -> ObjectInfo:
+        """Return the object's size and ETag (HeadObject)."""
+        with self._translated("HeadObject", key):
+            response = self.client.head_object(Bucket=self.bucket, Key=self._object_key(check_key(key)))
+        return ObjectInfo(key, response["ContentLength"], response["ETag"].strip('"'))
+
+    def put(self, key: str, data: bytes) -> ObjectInfo:
+        """Write the object (PutObject); S3 replaces it atomically."""
+        return self._put(key, data, {})
+
+    def put_if_absent(self, key: str, data: bytes) -> ObjectInfo:
+        """Write the object unless it exists, with an S3 conditional write (``If-None-Match: *``)."""
+        return self._put(key, data, {"IfNoneMatch": "*"})
+
+    def _put(self, key: str, data: bytes, conditions: dict[str, str]) -> ObjectInfo:
+        with self._translated("PutObject", key):
+            response = self.client.put_object(
+                Bucket=self.bucket, Key=self._object_key(check_key(key)), Body=data, **conditions
+            )
+        self.stats.record_put(len(data))
+        return ObjectInfo(key, len(data), response["ETag"].strip('"'))
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Return the keys that start with ``prefix``, relative to the store prefix, sorted."""
+        full_prefix = self._object_key(check_prefix(prefix))
+        keys: list[str] = []
+        with self._translated("ListObjectsV2", prefix):
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=full_prefix
+            ):
+                keys.extend(item["Key"][len(self._root) :] for item in page.get("Contents", ()))
+        return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        """Remove the object; S3 does not report missing keys."""
+        with self._translated("DeleteObject", key):
+            self.client.delete_object(Bucket=self.bucket, Key=self._object_key(check_key(key)))
