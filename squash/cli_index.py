@@ -1,0 +1,122 @@
+"""``squash build`` and ``squash info``: build an index from files, describe a stored index.
+
+`register` adds both subcommands to the main parser; each sets ``handler(args) -> exit code``, as
+`squash.cli` expects.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from squash.format.reader import list_versions, load_manifest
+from squash.model import Metric
+from squash.pipeline import build_index
+from squash.storage import open_store
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``build`` and ``info`` subcommands to ``subparsers`` (from ``add_subparsers``)."""
+    build = subparsers.add_parser(
+        "build",
+        help="build an index from vector files and store it",
+        description="Build an index and publish it at --out as a new version.",
+    )
+    build.add_argument(
+        "--vectors",
+        required=True,
+        nargs="+",
+        metavar="FILE",
+        help=".npy, .fvecs, .bvecs, .ivecs, .parquet, .arrow or .feather (several are concatenated)",
+    )
+    build.add_argument(
+        "--attributes", metavar="FILE", help=".parquet, .arrow or .feather, one row per vector"
+    )
+    build.add_argument(
+        "--out", required=True, metavar="URI", help="memory://, file:///path, a path or s3://bucket/prefix"
+    )
+    build.add_argument("--metric", default="l2", choices=[m.value for m in Metric])
+    build.add_argument(
+        "--partitions", type=int, help="number of partitions (default: about 100k vectors each)"
+    )
+    build.add_argument(
+        "--bits-per-dim", type=float, default=4.0, help="average OSQ bits per dimension (default 4)"
+    )
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--workers", type=int, help="threads for the build (default: one per core)")
+    build.add_argument(
+        "--overwrite", action="store_true", help="publish a new version over an existing index"
+    )
+    build.add_argument("--quiet", action="store_true", help="no progress bars")
+    build.set_defaults(handler=_build)
+
+    info = subparsers.add_parser(
+        "info", help="describe a stored index", description="Describe a stored index."
+    )
+    info.add_argument("uri", metavar="URI")
+    info.add_argument("--version", type=int, help="a published version (default: the latest)")
+    info.set_defaults(handler=_info)
+
+
+def _build(args: argparse.Namespace) -> int:
+    vectors = args.vectors[0] if len(args.vectors) == 1 else args.vectors
+    report = build_index(
+        args.out,
+        vectors,
+        args.attributes,
+        overwrite=args.overwrite,
+        metric=args.metric,
+        partitions=args.partitions,
+        bits_per_dim=args.bits_per_dim,
+        seed=args.seed,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
+    print(
+        f"built {report.uri} version {report.version}: {report.n_vectors} vectors x {report.dim} dims, "
+        f"{report.n_partitions} partitions, {_size(report.total_bytes)} "
+        f"({report.bytes_per_vector:.1f} bytes/vector) in {report.seconds['total']:.1f} s"
+    )
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    store = open_store(args.uri)
+    m = load_manifest(store, args.version)
+    versions = list_versions(store)
+    raw = m.dim * (1 if m.vector_dtype == "|u1" else 4)
+    lines = [
+        f"index        {store.uri}",
+        f"version      {m.version} (published: {', '.join(map(str, versions))})",
+        f"build        {m.build_id}, created {m.created}",
+        f"vectors      {m.n_vectors}",
+        f"dims         {m.dim} (kept as {'uint8' if m.vector_dtype == '|u1' else 'float32'} for re-ranking)",
+        f"metric       {m.metric.value}",
+        f"partitions   {m.n_partitions}",
+        f"stored       {_size(m.stored_bytes)}: {m.stored_bytes / m.n_vectors:.1f} bytes/vector "
+        f"(raw vectors alone: {raw} bytes/vector)",
+        f"routing      {_size(m.routing.size)}",
+        "attributes   " + (", ".join(_attribute(f) for f in m.schema.fields) or "none"),
+        "parameters   " + ", ".join(f"{k}={v}" for k, v in sorted(m.params.items())),
+    ]
+    seconds = m.build.get("seconds")
+    if isinstance(seconds, dict):
+        lines.append("build time   " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
+    lines.append("partition         rows        bytes")
+    lines.extend(f"{i:>9} {e.rows:>12} {e.size:>12}" for i, e in enumerate(m.partitions))
+    print("\n".join(lines))
+    return 0
+
+
+def _attribute(spec: Any) -> str:
+    if spec.categories:
+        return f"{spec.name} ({spec.type.value}, {len(spec.categories)} values)"
+    return f"{spec.name} ({spec.type.value})"
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")

@@ -1,0 +1,158 @@
+"""Open a stored index: find its version, verify its manifest and routing, load partitions on demand."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from numpy.typing import NDArray
+
+from squash.errors import CorruptObjectError, IndexNotFoundError, InvalidInputError, ObjectNotFoundError
+from squash.format import partition_object, routing
+from squash.format.keys import MANIFEST_PREFIX, manifest_key, manifest_version
+from squash.format.manifest import Manifest, ObjectEntry, decode_manifest
+from squash.format.sections import ContainerHeader, contiguous_spans, section_array, unpack_all, unpack_header
+from squash.model import IndexMeta, PartitionData
+from squash.storage import ObjectStore, open_store
+
+
+def list_versions(store: ObjectStore) -> list[int]:
+    """Published versions at ``store``, ascending (objects that are not manifests are ignored)."""
+    versions = (manifest_version(k) for k in store.list(MANIFEST_PREFIX))
+    return sorted(v for v in versions if v)
+
+
+def load_manifest(store: ObjectStore, version: int | None = None) -> Manifest:
+    """The manifest of ``version``, or of the latest version when None.
+
+    Raises:
+        IndexNotFoundError: there is no index at ``store``, or not that version.
+        CorruptObjectError: the manifest fails its checksum or layout checks.
+    """
+    if version is None:
+        versions = list_versions(store)
+        if not versions:
+            raise IndexNotFoundError(
+                f"no index at {store.uri}: no manifest under {MANIFEST_PREFIX!r}; build one with "
+                "squash.build_index or `squash build`"
+            )
+        version = versions[-1]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise InvalidInputError(f"index version must be a positive integer, got {version!r}")
+    key = manifest_key(version)
+    try:
+        data = store.get(key)
+    except ObjectNotFoundError:
+        available = ", ".join(map(str, list_versions(store))) or "none"
+        raise IndexNotFoundError(
+            f"index at {store.uri} has no version {version} (available: {available})"
+        ) from None
+    return decode_manifest(data, key, version)
+
+
+def open_index(store_or_uri: ObjectStore | str, version: int | None = None) -> StoredIndex:
+    """Open the latest (or a pinned) version of the index at ``store_or_uri``: 3 requests (2 if pinned).
+
+    Partition objects are read only when asked for, with `StoredIndex.load_partition` or
+    `StoredIndex.load_sections`; ``store.stats`` counts every byte read.
+    """
+    store = open_store(store_or_uri) if isinstance(store_or_uri, str) else store_or_uri
+    manifest = load_manifest(store, version)
+    entry = manifest.routing
+    data = _get_whole(store, entry)
+    header, codes = routing.decode_routing(data, entry.key, manifest.sizes)
+    _check_pinned(entry, header)
+    return StoredIndex(store, manifest, manifest.to_meta(codes))
+
+
+def _get_whole(store: ObjectStore, entry: ObjectEntry) -> bytes:
+    data = store.get(entry.key)
+    if len(data) != entry.size:
+        raise CorruptObjectError(
+            f"object {entry.key!r} has {len(data)} bytes but the manifest records {entry.size}", key=entry.key
+        )
+    return data
+
+
+def _check_pinned(entry: ObjectEntry, header: ContainerHeader) -> None:
+    """The object must be the one the manifest was written with, not merely a valid object."""
+    if (header.crc32, header.total_size, header.data_offset) != (
+        entry.header_crc32,
+        entry.size,
+        entry.header_size,
+    ):
+        raise CorruptObjectError(f"object {entry.key!r} does not match its manifest entry", key=entry.key)
+
+
+@dataclass(frozen=True)
+class StoredIndex:
+    """One version of a stored index: its manifest, its `IndexMeta` and access to its partition objects."""
+
+    store: ObjectStore
+    manifest: Manifest
+    meta: IndexMeta
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    def _entry(self, partition: int) -> ObjectEntry:
+        if isinstance(partition, bool) or not 0 <= partition < self.manifest.n_partitions:
+            raise InvalidInputError(
+                f"partition {partition!r} does not exist; the index has {self.manifest.n_partitions}"
+            )
+        return self.manifest.partitions[partition]
+
+    def load_partition(self, partition: int) -> PartitionData:
+        """Every section of one partition, verified, from a single GET; arrays are read-only views of it."""
+        entry = self._entry(partition)
+        header, arrays = unpack_all(_get_whole(self.store, entry), entry.key, partition_object.MAGIC)
+        _check_pinned(entry, header)
+        part = partition_object.decode_partition(header, arrays, entry.key)
+        if (part.partition, part.size, part.osq.dim, part.vectors.dtype.str) != (
+            partition,
+            entry.rows,
+            self.meta.dim,
+            self.manifest.vector_dtype,
+        ):
+            raise CorruptObjectError(
+                f"partition object {entry.key!r} holds the wrong partition", key=entry.key
+            )
+        return part
+
+    def partition_header(self, partition: int) -> ContainerHeader:
+        """The verified header of one partition object (one ranged GET of ``header_size`` bytes)."""
+        entry = self._entry(partition)
+        header = unpack_header(
+            self.store.get(entry.key, (0, entry.header_size)), entry.key, partition_object.MAGIC
+        )
+        _check_pinned(entry, header)
+        return header
+
+    def load_sections(
+        self, partition: int, names: Iterable[str] | None = None, *, exclude: Sequence[str] = ()
+    ) -> dict[str, NDArray[Any]]:
+        """Some sections of one partition by name (all when None, minus ``exclude``), verified.
+
+        Reads the header, then each run of adjacent wanted sections with one ranged request; e.g.
+        ``exclude=("vectors",)`` fetches everything a scan without re-ranking needs in one request.
+        """
+        entry = self._entry(partition)
+        header = self.partition_header(partition)
+        wanted = list(header.sections) if names is None else list(names)
+        unknown = [n for n in [*wanted, *exclude] if n not in header.sections]
+        if unknown:
+            raise InvalidInputError(
+                f"partition {partition} has no section(s) {unknown}; it has {list(header.sections)}"
+            )
+        sections = [header.sections[n] for n in wanted if n not in exclude]
+        spans = contiguous_spans(sections)
+        blobs = self.store.get_many(entry.key, spans)
+        out = {}
+        for section in sections:
+            i = next(i for i, (start, end) in enumerate(spans) if start <= section.offset < end)
+            start = spans[i][0]
+            view = memoryview(blobs[i])[section.offset - start : section.end - start]
+            out[section.name] = section_array(section, view, entry.key)
+        return out
