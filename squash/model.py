@@ -1,0 +1,97 @@
+"""The in-memory shape of an index: what planners and processors read.
+
+Builders produce these objects, the storage format serialises them, and the search engine consumes
+them; none of the three needs to know how the others work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from squash.attributes import AttributeQuantizer, AttributeSchema
+from squash.errors import InvalidInputError
+from squash.osq import OSQ, SegmentLayout
+
+
+class Metric(StrEnum):
+    """Distance conventions. Every returned distance is ascending-is-better.
+
+    ``l2``: squared Euclidean. ``ip``: negated inner product. ``cosine``: 1 - cosine similarity
+    (vectors are normalised at build and query time, then ranked by squared L2 = 2 * (1 - cos)).
+    """
+
+    L2 = "l2"
+    IP = "ip"
+    COSINE = "cosine"
+
+    @classmethod
+    def parse(cls, value: object) -> Metric:
+        try:
+            return cls(str(value).lower())
+        except ValueError:
+            raise InvalidInputError(
+                f"unknown metric {value!r}; use one of {', '.join(m.value for m in cls)}"
+            ) from None
+
+
+@dataclass(frozen=True)
+class PartitionData:
+    """Everything a processor needs to search one partition.
+
+    Rows are in partition order; ``ids`` maps them to global ids. ``vectors`` keeps the original
+    values (uint8 data stays uint8) for the exact re-rank; ``attr_raw`` the exact attribute values
+    for the filter's exact check.
+    """
+
+    partition: int
+    ids: NDArray[np.int64]
+    osq: OSQ
+    segments: NDArray[np.uint8]
+    signs: NDArray[np.uint8]
+    attr_codes: NDArray[np.uint8]
+    attr_raw: Mapping[str, NDArray[Any]]
+    vectors: NDArray[Any]
+    layout: SegmentLayout = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layout", self.osq.layout)
+
+    @property
+    def size(self) -> int:
+        return int(self.ids.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        arrays = [self.ids, self.segments, self.signs, self.attr_codes, self.vectors, *self.attr_raw.values()]
+        return int(sum(a.nbytes for a in arrays))
+
+
+@dataclass(frozen=True)
+class IndexMeta:
+    """Global, small data the planner needs: routing, attribute summaries, parameters.
+
+    ``attr_histograms`` (P, A, 256) counts attribute codes per partition, so partitions with no
+    possible match are skipped without touching rows; ``attr_codes`` (one (n_p, A) array per
+    partition) gives exact certain-match counts for the partitions a query may visit.
+    """
+
+    dim: int
+    metric: Metric
+    n_vectors: int
+    centroids: NDArray[np.float32]
+    sizes: NDArray[np.int64]
+    schema: AttributeSchema
+    attr_quantizer: AttributeQuantizer
+    attr_histograms: NDArray[np.int64]
+    attr_codes: tuple[NDArray[np.uint8], ...]
+    params: Mapping[str, Any]
+
+    @property
+    def n_partitions(self) -> int:
+        return int(self.centroids.shape[0])
