@@ -14,7 +14,7 @@ BENCHMARKS = {
     "partition": ("squash.bench.partition", "balanced k-means time, balance and neighbour locality"),
 }
 # Modules with register(subparsers) adding their own subcommands.
-COMMAND_MODULES = ("squash.demo", "squash.cli_index")
+COMMAND_MODULES = ("squash.demo", "squash.cli_index", "squash.local.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

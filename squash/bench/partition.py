@@ -3,14 +3,16 @@
 For each dataset, partition count P and training sample size: the time of ``balanced_kmeans``, the
 smallest and largest partition relative to N/P, and neighbour locality, the fraction of each query's true
 top-10 neighbours that lie in the query's nearest 1, 2 or 3 partitions (by distance to the centroids,
-as the allocator routes). Real datasets use their stored ground truth; the synthetic clustered set gets
-exact ground truth for 200 queries.
+as the allocator routes). Real datasets use their stored ground truth; the synthetic clustered set
+(1000 clusters by default, so that partitions have to split and merge clusters) gets exact ground truth
+for 200 queries.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -49,7 +51,16 @@ def locality(
     return [float((home[:, :, None] == ranked[:, None, :m]).any(axis=-1).mean()) for m in PROBES]
 
 
-def _rows(name, base, queries, truth, partitions, samples, seed):
+def _rows(
+    name: str,
+    base: np.ndarray,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    partitions: list[int],
+    samples: list[int | None],
+    seed: int,
+) -> Iterator[list[object]]:
+    """One table row per (P, effective sample size); sample sizes >= N collapse into 'all'."""
     n, d = base.shape
     done = set()
     for p in partitions:
@@ -73,6 +84,7 @@ def _rows(name, base, queries, truth, partitions, samples, seed):
 def run(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="squash bench partition", description=__doc__)
     parser.add_argument("--n", type=int, default=1_000_000, help="rows of the synthetic clustered set")
+    parser.add_argument("--clusters", type=int, default=1000, help="clusters in the synthetic set")
     parser.add_argument("--partitions", type=int, nargs="+", default=[10, 100], help="partition counts P")
     parser.add_argument(
         "--samples",
@@ -86,11 +98,8 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     samples = ["all" if s is None else s for s in args.samples]
-    print(
-        environment_header(
-            {"n": args.n, "partitions": args.partitions, "samples": samples, "seed": args.seed}
-        )
-    )
+    params = {"n": args.n, "clusters": args.clusters, "partitions": args.partitions, "samples": samples}
+    print(environment_header({**params, "seed": args.seed}))
 
     table = []
     for name in ("fashion-mnist-784", "sift-ngt-5k"):
@@ -105,7 +114,9 @@ def run(argv: list[str] | None = None) -> int:
         )
 
     start = time.perf_counter()
-    synthetic = synthetic_clustered(args.n, 128, n_queries=200, attributes=0, seed=args.seed)
+    synthetic = synthetic_clustered(
+        args.n, 128, n_queries=200, clusters=args.clusters, attributes=0, seed=args.seed
+    )
     truth, _ = exact_knn(synthetic.base, synthetic.queries, K)
     print(f"synthetic set and its ground truth: {time.perf_counter() - start:.1f} s")
     table += _rows(
