@@ -122,6 +122,20 @@ class CompiledFilter:
         certain, possible = _bounds(self._root, histograms, int(totals[0]))
         return certain, possible
 
+    def driver(self, histograms: np.ndarray) -> tuple[int, np.ndarray] | None:
+        """An attribute whose non-NONE codes hold every matching row, for index lookups.
+
+        Returns ``(attribute, allowed)`` with ``allowed`` a (256,) bool mask of codes, choosing among
+        the conjuncts of the root the one with the fewest possible rows in ``histograms`` (A, 256);
+        None when the root is an OR or NOT over several attributes (no single attribute bounds it).
+        """
+        conjuncts = self._root.children if isinstance(self._root, _Combine) and self._root.is_and else (self._root,)
+        tables = [node for node in conjuncts if isinstance(node, _Table)]
+        if not tables:
+            return None
+        best = min(tables, key=lambda t: int(histograms[t.attribute][t.states != NONE].sum()))
+        return best.attribute, best.states != NONE
+
     def _compile(self, predicate: Predicate) -> _Node:
         match predicate:
             case Compare() | In():

@@ -57,9 +57,8 @@ class SegmentLayout:
     ) -> NDArray[np.uint8]:
         """Codes of dimension ``dim`` for ``rows`` (all rows when None), uint8."""
         b, s, r = int(self.bits[dim]), int(self.segment[dim]), int(self.offset[dim])
-        n = segments.shape[1] if rows is None else len(rows)
         if b == 0:
-            return np.zeros(n, dtype=np.uint8)
+            return np.zeros(segments.shape[1:] if rows is None else np.shape(rows), dtype=np.uint8)
         high = segments[s] if rows is None else segments[s, rows]
         spill = r + b - 8
         if spill <= 0:

@@ -1,0 +1,46 @@
+"""Search results as a struct of arrays, with per-query statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+# Per-query counters, summed over the partitions a query visited.
+STAT_FIELDS = (
+    "partitions",  # partitions visited
+    "filtered",  # candidates that satisfy the filter (exactly)
+    "hamming",  # kept by level 1 (sign-code Hamming)
+    "prefix",  # kept by level 2 (exact distance over the leading rotated dimensions)
+    "bounded",  # kept by level 3 (OSQ lower bounds)
+    "reranked",  # exact distances computed
+    "exact_scans",  # partitions answered by an exact scan of all their candidates
+)
+
+
+def empty_stats(nq: int) -> dict[str, NDArray[np.int64]]:
+    return {name: np.zeros(nq, dtype=np.int64) for name in STAT_FIELDS}
+
+
+@dataclass
+class SearchResult:
+    """``ids`` int64 (nq, k) padded with -1 and ``distances`` float32 (nq, k), ascending, padded with inf.
+
+    Distances are exact: squared L2 for ``l2``, the negated inner product for ``ip``, and
+    1 - cosine similarity for ``cosine``. ``stats`` maps each name in :data:`STAT_FIELDS` to an
+    int64 array (nq,); ``info`` carries run-level figures (timings, invocations, bytes read).
+    """
+
+    ids: NDArray[np.int64]
+    distances: NDArray[np.float32]
+    stats: dict[str, NDArray[np.int64]]
+    info: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def counts(self) -> NDArray[np.int64]:
+        """Results found per query (k unless fewer vectors match)."""
+        return (self.ids >= 0).sum(axis=1)
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])

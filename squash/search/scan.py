@@ -1,0 +1,261 @@
+"""Per-partition search: the processor's pure function over one partition and a batch of queries.
+
+Levels, in order (design/algorithm.md 5.3, with Squash's placement of the exact check):
+
+0. filter: three-valued states from attribute codes (posting lists for selective filters), and the
+   exact check of PARTIAL rows on raw values, so the candidates are exactly the matching rows. The
+   design's level 4 (exact re-check) runs here, before pruning, so pruning never spends its budget
+   on rows that would fail and a partition with m matches always returns min(k, m) of them;
+1. sign-code Hamming distance keeps ``hamming_keep`` of the candidates (at least a floor);
+2. the prefix bound, the exact partial distance over the leading KLT dimensions (where the
+   rotation packs most of the energy), keeps ``prefix_keep`` of them with one matrix product;
+3. OSQ lower bounds (exact prefix + cell bounds over the remaining dimensions) keep
+   ``k * rerank_factor``;
+4. exact distances on the original vectors re-rank them, and the best k are returned.
+
+A partition with few candidates, or any partition in ``exact`` mode, skips the pruning levels
+and ranks every candidate exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from squash.filter import CompiledFilter
+from squash.model import Metric
+from squash.osq import sign_codes
+from squash.search.merge import merge_partials, top_k
+from squash.search.params import SearchParams
+from squash.search.prepared import PreparedPartition
+from squash.search.result import empty_stats
+
+_EXACT_BLOCK = 8192
+
+
+@dataclass(frozen=True)
+class PartialResult:
+    """Top-k of one partition for each query of a batch (global ids, exact distances) and counters."""
+
+    ids: NDArray[np.int64]
+    distances: NDArray[np.float32]
+    stats: dict[str, NDArray[np.int64]]
+
+
+def exact_distances(
+    vectors: NDArray[np.generic], rows: NDArray[np.int64], queries: NDArray[np.float32], metric: Metric
+) -> NDArray[np.float64]:
+    """Exact distances (nq, m) of ``queries`` (nq, D) to ``vectors[rows]``; rows (nq, m) or (m,)."""
+    q = queries.astype(np.float64)
+    if rows.ndim == 1:
+        x = vectors[rows].astype(np.float64)
+        if metric is Metric.L2:
+            sq = (x * x).sum(axis=1)[None, :] - 2.0 * (q @ x.T) + (q * q).sum(axis=1)[:, None]
+            return np.maximum(sq, 0.0)
+        dots = q @ x.T
+    else:
+        x = vectors[rows].astype(np.float64)
+        if metric is Metric.L2:
+            diff = x - q[:, None, :]
+            return np.einsum("qmd,qmd->qm", diff, diff)
+        dots = np.einsum("qmd,qd->qm", x, q)
+    return -dots if metric is Metric.IP else 1.0 - dots
+
+
+def _finish(
+    part: PreparedPartition, rows: NDArray[np.int64], queries: NDArray[np.float32], metric: Metric, k: int
+) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+    """Top-k of candidate ``rows`` ((nq, m) per query, or (m,) shared) by exact distance.
+
+    Shared rows are screened with one matrix product; the winners' distances are then recomputed
+    directly, so a vector's reported distance does not depend on which path found it.
+    """
+    screen = exact_distances(part.data.vectors, rows, queries, metric).astype(np.float32)
+    ids, _ = top_k(rows if rows.ndim == 2 else np.broadcast_to(rows, screen.shape), screen, k)
+    valid = ids >= 0
+    final = exact_distances(part.data.vectors, np.where(valid, ids, 0), queries, metric).astype(np.float32)
+    final[~valid] = np.inf
+    # Recomputed distances can reorder near-ties; sort again on the final values, then map to global ids.
+    ids, dists = top_k(ids, final, k)
+    return np.where(ids >= 0, part.data.ids[np.maximum(ids, 0)], -1), dists
+
+
+class _QueryCodes:
+    """Per-partition forms of a query batch: rotated coordinates, sign codes, bound tables."""
+
+    def __init__(self, part: PreparedPartition, queries: NDArray[np.float32], metric: Metric) -> None:
+        rotation = part.data.osq.rotation
+        self.offset = np.zeros((len(queries), 1), dtype=np.float32)
+        cells = part.cells
+        if metric is Metric.IP:
+            rotated = rotation.apply_direction(queries)
+            q = rotated[:, cells.dims]
+            self.tail = np.minimum(-q * cells.lo, -q * cells.hi)
+            self.offset = (-(queries.astype(np.float64) @ rotation.mean.astype(np.float64))[:, None]).astype(
+                np.float32
+            )
+        else:
+            rotated = rotation.apply(queries)
+            q = rotated[:, cells.dims]
+            gap = np.maximum(np.maximum(cells.lo - q, q - cells.hi), 0.0)
+            self.tail = gap * gap
+        self.prefix = rotated[:, : part.prefix_dims]
+        self.signs = sign_codes(rotated)
+
+
+def _select_smallest(values: NDArray[np.generic], count: int) -> NDArray[np.int64]:
+    """Column indices of the ``count`` smallest values in each row (unordered)."""
+    if count >= values.shape[1]:
+        return np.broadcast_to(np.arange(values.shape[1]), values.shape).copy()
+    return np.argpartition(values, count - 1, axis=1)[:, :count]
+
+
+def _prefix_bound(
+    part: PreparedPartition,
+    codes: _QueryCodes,
+    qs: NDArray[np.int64],
+    rows: NDArray[np.int64],
+    metric: Metric,
+) -> NDArray[np.float32]:
+    """Exact partial distance over the leading rotated dimensions, (len(qs), m).
+
+    For L2 it is a lower bound on the full squared distance (the other terms are >= 0). Shared rows
+    (1-D) take one matrix product for the whole query group.
+    """
+    q = codes.prefix[qs]
+    if rows.ndim == 1:
+        x = part.prefix[rows]
+        dots = q @ x.T
+        if metric is Metric.IP:
+            return -dots
+        return part.prefix_norms[rows][None, :] - 2.0 * dots + (q * q).sum(axis=1)[:, None]
+    x = part.prefix[rows]
+    if metric is Metric.IP:
+        return -np.einsum("qmd,qd->qm", x, q)
+    diff = x - q[:, None, :]
+    return np.einsum("qmd,qmd->qm", diff, diff)
+
+
+def _hamming_rows(
+    part: PreparedPartition, cand: NDArray[np.int64], codes: _QueryCodes, qs: NDArray[np.int64], keep: int
+) -> NDArray[np.int64]:
+    """Level 1: rows (len(qs), keep) with the smallest Hamming distance over the leading 64 sign bits.
+
+    Only the leading word is used: the trailing dimensions carry little energy, and their sign bits
+    are noise that drowns the informative ones (measured in the README's pruning table).
+    """
+    words = part.data.signs[cand].view(np.uint64)[:, 0]
+    qwords = codes.signs[qs].view(np.uint64)[:, 0]
+    distance = np.bitwise_count(words[None, :] ^ qwords[:, None])
+    return cand[_select_smallest(distance, keep)]
+
+
+def _pruned(
+    part: PreparedPartition,
+    cand: NDArray[np.int64],
+    codes: _QueryCodes,
+    k: int,
+    params: SearchParams,
+    metric: Metric,
+    stats: dict[str, NDArray[np.int64]],
+    qs: NDArray[np.int64],
+) -> NDArray[np.int64]:
+    """Levels 1-3 for queries ``qs`` sharing candidates ``cand``: rows (len(qs), k * R)."""
+    m = cand.shape[0]
+    keep_final = min(m, k * params.rerank_factor)
+    floor = max(params.hamming_floor, keep_final)
+    rows: NDArray[np.int64] = cand
+    keep = min(m, max(int(m * params.hamming_keep), floor))
+    if keep < m:
+        rows = _hamming_rows(part, cand, codes, qs, keep)
+    stats["hamming"][qs] += keep
+    keep = min(keep, max(int(m * params.prefix_keep), floor))
+    prefix = _prefix_bound(part, codes, qs, rows, metric)
+    if rows.ndim == 1:
+        rows = np.broadcast_to(rows, prefix.shape)
+    chosen = _select_smallest(prefix, keep)
+    rows = np.take_along_axis(rows, chosen, 1)
+    stats["prefix"][qs] += keep
+    lower = np.take_along_axis(prefix, chosen, 1) + _tail_bounds(part, codes.tail[qs], rows)
+    if metric is Metric.IP:
+        lower += codes.offset[qs]
+    rows = np.take_along_axis(rows, _select_smallest(lower, keep_final), 1)
+    stats["bounded"][qs] += keep_final
+    return rows
+
+
+def _tail_bounds(
+    part: PreparedPartition, tables: NDArray[np.float32], rows: NDArray[np.int64]
+) -> NDArray[np.float32]:
+    """OSQ lower bounds (nq, m) over the dimensions after the prefix, from flat tables (nq, cells).
+
+    Codes are extracted one dimension at a time (never decoding whole vectors) into one index array,
+    then a single gather reads every (query, row, dimension) term.
+    """
+    layout = part.data.layout
+    cells = part.cells
+    nq, m = rows.shape
+    tail = range(cells.first_dim, layout.bits.shape[0])
+    index = np.empty((nq, m, len(tail)), dtype=np.int32)
+    for j, dim in enumerate(tail):
+        index[:, :, j] = layout.extract(part.data.segments, dim, rows)
+    index += cells.offsets
+    index += (np.arange(nq, dtype=np.int32) * tables.shape[1])[:, None, None]
+    return tables.reshape(-1)[index].sum(axis=2, dtype=np.float32)
+
+
+def _exact_scan(
+    part: PreparedPartition, cand: NDArray[np.int64], queries: NDArray[np.float32], metric: Metric, k: int
+) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+    """Exact top-k over every candidate, in blocks so memory stays bounded."""
+    ids = np.full((len(queries), k), -1, dtype=np.int64)
+    dists = np.full((len(queries), k), np.inf, dtype=np.float32)
+    for start in range(0, cand.shape[0], _EXACT_BLOCK):
+        block = _finish(part, cand[start : start + _EXACT_BLOCK], queries, metric, k)
+        ids, dists = merge_partials([(ids, dists), block], k)
+    return ids, dists
+
+
+def search_partition(
+    part: PreparedPartition,
+    queries: NDArray[np.float32],
+    filters: Sequence[CompiledFilter | None],
+    k: int,
+    params: SearchParams,
+    metric: Metric,
+) -> PartialResult:
+    """Search one partition for every query of a batch; ``filters[i]`` applies to ``queries[i]``.
+
+    Queries that share a filter object share one candidate computation. Returns, per query, the
+    partition's best min(k, matches) rows by exact distance, every one satisfying its filter.
+    """
+    nq = len(queries)
+    stats = empty_stats(nq)
+    stats["partitions"] += 1
+    ids = np.full((nq, k), -1, dtype=np.int64)
+    dists = np.full((nq, k), np.inf, dtype=np.float32)
+    codes = _QueryCodes(part, queries, metric)
+    groups: dict[int, list[int]] = {}
+    for i, compiled in enumerate(filters):
+        groups.setdefault(id(compiled), []).append(i)
+    for members in groups.values():
+        qs = np.asarray(members, dtype=np.int64)
+        cand = part.candidates(filters[members[0]])
+        if cand is None:
+            cand = np.arange(part.size, dtype=np.int64)
+        m = cand.shape[0]
+        stats["filtered"][qs] += m
+        if m == 0:
+            continue
+        if params.exact or m <= params.exact_threshold:
+            stats["exact_scans"][qs] += 1
+            stats["reranked"][qs] += m
+            ids[qs], dists[qs] = _exact_scan(part, cand, queries[qs], metric, k)
+            continue
+        rows = _pruned(part, cand, codes, k, params, metric, stats, qs)
+        stats["reranked"][qs] += rows.shape[-1]
+        ids[qs], dists[qs] = _finish(part, rows, queries[qs], metric, k)
+    return PartialResult(ids, dists, stats)
