@@ -24,19 +24,22 @@ class SearchParams:
         prefix_keep: level 2 keeps this fraction of the candidates by the exact partial distance over the
             leading (highest-energy) rotated dimensions, a lower bound on the full distance.
         rerank_factor: level 3 keeps k * rerank_factor candidates by OSQ lower bound for the exact re-rank.
-        exact_threshold: a partition with at most this many filtered candidates skips levels 1-2 and
-            ranks all of them exactly (cheaper than pruning, and exact).
+        exact_threshold: a partition with at most this many filtered candidates skips the pruning
+            levels and ranks all of them exactly (cheaper than pruning, and exact).
+        exact_budget: when a filter's possible matches over the whole index number at most this, every
+            partition holding one is visited and scanned exactly: selective queries become exact.
         exact: visit every partition with a possible match and refine by lower bound until the result
             provably equals brute force (slow; for verification).
     """
 
-    centroid_factor: float = 1.3
+    centroid_factor: float = 1.5
     max_partitions: int | None = None
     hamming_keep: float = 1.0
     hamming_floor: int = 200
     prefix_keep: float = 0.02
     rerank_factor: int = 2
     exact_threshold: int = 2000
+    exact_budget: int = 5000
     exact: bool = False
 
     def __post_init__(self) -> None:
@@ -48,6 +51,7 @@ class SearchParams:
             (0.0 < self.prefix_keep <= 1.0, "prefix_keep must be in (0, 1]"),
             (self.rerank_factor >= 1, "rerank_factor must be >= 1"),
             (self.exact_threshold >= 0, "exact_threshold must be >= 0"),
+            (self.exact_budget >= 0, "exact_budget must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:

@@ -29,15 +29,12 @@ def centroid_scores(meta: IndexMeta, queries: NDArray[np.float32]) -> NDArray[np
     return np.maximum((c * c).sum(axis=1)[None, :] - 2.0 * (q @ c.T) + (q * q).sum(axis=1)[:, None], 0.0)
 
 
-def _within_threshold(scores: NDArray[np.float64], factor: float) -> NDArray[np.bool_]:
-    """Partitions within the centroid-factor threshold of the best one, per query."""
-    if scores.shape[1] == 0:
-        return np.zeros(scores.shape, dtype=bool)
-    best = scores.min(axis=1, keepdims=True)
+def _within(scores: NDArray[np.float64], anchor: float, factor: float) -> NDArray[np.bool_]:
+    """Partitions whose routing distance is within ``factor`` of the anchor partition's."""
     if (scores >= 0).all():
-        # Squared distances: compare the distances themselves with the factor.
-        return np.sqrt(scores) <= factor * np.sqrt(best) + 1e-12
-    return scores - best <= (factor - 1.0) * np.abs(best) + 1e-12
+        # Squared distances: the factor applies to the distances themselves.
+        return np.sqrt(scores) <= factor * np.sqrt(anchor) + 1e-12
+    return scores - anchor <= (factor - 1.0) * abs(anchor) + 1e-12
 
 
 class _FilterCounts:
@@ -72,10 +69,16 @@ def plan_queries(
     k: int,
     params: SearchParams,
 ) -> list[NDArray[np.int64]]:
-    """Partitions each query visits, nearest first."""
+    """Partitions each query visits, nearest first.
+
+    The threshold is anchored at the nearest partition that alone certainly holds k matches, not
+    at the nearest partition: when a filter is anti-correlated with the query, the near partitions
+    hold few matches and the true filtered neighbours sit around the anchor. When the filter's
+    possible matches over the whole index fit ``exact_budget``, every partition holding one is
+    visited (each then scans its few matches exactly), so very selective queries are exact.
+    """
     scores = centroid_scores(meta, queries)
     order = np.argsort(scores, axis=1, kind="stable")
-    inside = _within_threshold(scores, params.centroid_factor)
     counts: dict[int, _FilterCounts] = {}
     plans: list[NDArray[np.int64]] = []
     cap = params.max_partitions or meta.n_partitions
@@ -83,16 +86,25 @@ def plan_queries(
         fc = counts.get(id(compiled))
         if fc is None:
             fc = counts[id(compiled)] = _FilterCounts(meta, compiled)
+        candidates = [int(p) for p in order[i] if fc.possible[p] > 0]
+        if params.exact or int(fc.possible.sum()) <= params.exact_budget:
+            plans.append(np.asarray(candidates, dtype=np.int64))
+            continue
         visit: list[int] = []
         certain = 0
-        for partition in order[i]:
-            if fc.possible[partition] == 0:
+        anchor = None
+        for partition in candidates:
+            if anchor is None:
+                visit.append(partition)
+                if fc.certain_count(partition) >= k:
+                    anchor = scores[i, partition]
+                    inside = _within(scores[i], anchor, params.centroid_factor)
+                certain += fc.certain_count(partition) if certain < k else 0
                 continue
-            enough = certain >= k
-            if not params.exact and enough and (not inside[i, partition] or len(visit) >= cap):
+            if certain >= k and (not inside[partition] or len(visit) >= cap):
                 break
-            visit.append(int(partition))
+            visit.append(partition)
             if certain < k:
-                certain += fc.certain_count(int(partition))
+                certain += fc.certain_count(partition)
         plans.append(np.asarray(visit, dtype=np.int64))
     return plans

@@ -48,7 +48,7 @@ class FlatCells:
     @classmethod
     def from_table(cls, table: CellTable, first_dim: int) -> FlatCells:
         cells = 1 << table.bits[first_dim:].astype(np.int64)
-        offsets = np.concatenate(([0], np.cumsum(cells)[:-1])).astype(np.int32)
+        offsets = (np.cumsum(cells) - cells).astype(np.int32)
         dims = first_dim + np.repeat(np.arange(cells.shape[0]), cells)
         column = np.arange(int(cells.sum())) - np.repeat(offsets, cells)
         return cls(first_dim, offsets, dims, table.lo[dims, column], table.hi[dims, column])

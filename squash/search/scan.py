@@ -125,18 +125,20 @@ def _prefix_bound(
     For L2 it is a lower bound on the full squared distance (the other terms are >= 0). Shared rows
     (1-D) take one matrix product for the whole query group.
     """
-    q = codes.prefix[qs]
+    # float64 products rounded once keep the bound independent of how queries are batched, so a
+    # query gets the same answer alone, in a batch, or split across a tree of functions.
+    q = codes.prefix[qs].astype(np.float64)
+    x = part.prefix[rows].astype(np.float64)
     if rows.ndim == 1:
-        x = part.prefix[rows]
         dots = q @ x.T
         if metric is Metric.IP:
-            return -dots
-        return part.prefix_norms[rows][None, :] - 2.0 * dots + (q * q).sum(axis=1)[:, None]
-    x = part.prefix[rows]
+            return (-dots).astype(np.float32)
+        norms = part.prefix_norms[rows].astype(np.float64)
+        return (norms[None, :] - 2.0 * dots + (q * q).sum(axis=1)[:, None]).astype(np.float32)
     if metric is Metric.IP:
-        return -np.einsum("qmd,qd->qm", x, q)
+        return (-np.einsum("qmd,qd->qm", x, q)).astype(np.float32)
     diff = x - q[:, None, :]
-    return np.einsum("qmd,qmd->qm", diff, diff)
+    return np.einsum("qmd,qmd->qm", diff, diff).astype(np.float32)
 
 
 def _hamming_rows(

@@ -1,0 +1,259 @@
+"""Filtered search against exact filtered ground truth: recall, filter correctness, exactly-k."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from squash import FilterError, InvalidInputError, LimitExceededError
+from squash.datasets import exact_knn, synthetic_clustered
+from squash.index import Index
+
+K = 10
+
+
+def brute_force(base, queries, mask_rows, metric="l2", k=K):
+    """Exact filtered top-k (ids, distances) per query; mask_rows[i] is a bool mask or None."""
+    x = np.asarray(base, dtype=np.float64)
+    q = np.asarray(queries, dtype=np.float64)
+    if metric == "cosine":
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    ids = np.full((len(q), k), -1)
+    for i, mask in enumerate(mask_rows):
+        rows = np.arange(len(x)) if mask is None else np.flatnonzero(mask)
+        if metric == "l2":
+            d = ((x[rows] - q[i]) ** 2).sum(1)
+        elif metric == "ip":
+            d = -(x[rows] @ q[i])
+        else:
+            d = 1.0 - x[rows] @ q[i]
+        order = np.lexsort((rows, d))[:k]
+        ids[i, : len(order)] = rows[order]
+    return ids
+
+
+def recall(found, truth):
+    hits = total = 0
+    for f, t in zip(found, truth, strict=True):
+        want = set(t[t >= 0].tolist())
+        hits += len(want & set(f[f >= 0].tolist()))
+        total += len(want)
+    return hits / total if total else 1.0
+
+
+def assert_exactly_k_or_all(result, masks, n):
+    for i, mask in enumerate(masks):
+        matches = n if mask is None else int(mask.sum())
+        assert result.counts[i] == min(K, matches), (i, result.counts[i], matches)
+
+
+def assert_all_satisfy(result, masks):
+    for i, mask in enumerate(masks):
+        got = result.ids[i][result.ids[i] >= 0]
+        if mask is not None:
+            assert mask[got].all(), f"query {i} returned ids that fail its filter"
+
+
+@pytest.fixture(scope="module")
+def synth():
+    data = synthetic_clustered(20_000, 32, n_queries=60, clusters=40, attributes=3, seed=7)
+    attrs = dict(data.attributes)
+    rng = np.random.default_rng(1)
+    attrs["color"] = rng.choice(np.array(["red", "green", "blue", "cyan"]), size=20_000)
+    attrs["label"] = (data.base[:, 0] > np.median(data.base[:, 0])).astype(np.int64) + 2 * (
+        data.base[:, 1] > np.median(data.base[:, 1])
+    )
+    attrs["flag"] = rng.random(20_000) < 0.3
+    index = Index.build(data.base, attrs, partitions=8, seed=0)
+    return data, attrs, index
+
+
+def synth_cases(attrs, queries):
+    a0, a1 = attrs["a0"], attrs["a1"]
+    lo1 = np.quantile(a0, 0.5)
+    w = 0.001 ** 0.5
+    return {
+        "unfiltered": (None, None),
+        "label_10pct": ({"a0": {"$lt": 0.1}}, a0 < 0.1),
+        "range_1pct": ({"a0": {"$gte": lo1, "$lt": lo1 + 0.01}}, (a0 >= lo1) & (a0 < lo1 + 0.01)),
+        "conj_0.1pct": (
+            {"a0": {"$gte": 0.2, "$lt": 0.2 + w}, "a1": {"$gte": 0.6, "$lte": 0.6 + w}},
+            (a0 >= 0.2) & (a0 < 0.2 + w) & (a1 >= 0.6) & (a1 <= 0.6 + w),
+        ),
+        "in": ({"color": {"$in": ["red", "cyan"]}}, np.isin(attrs["color"], ["red", "cyan"])),
+        "or": (
+            {"$or": [{"color": "blue"}, {"a1": {"$gt": 0.95}}]},
+            (attrs["color"] == "blue") | (a1 > 0.95),
+        ),
+        "not": ({"$not": {"a0": {"$lt": 0.9}}}, ~(a0 < 0.9)),
+        "nin_bool": ({"color": {"$nin": ["red"]}, "flag": True}, (attrs["color"] != "red") & attrs["flag"]),
+        "ne": ({"label": {"$ne": 1}}, attrs["label"] != 1),
+        "none_match": ({"a0": {"$gt": 2.0}}, np.zeros(len(a0), dtype=bool)),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["unfiltered", "label_10pct", "range_1pct", "conj_0.1pct", "in", "or", "not", "nin_bool", "ne", "none_match"],
+)
+def test_synthetic_filters_recall_exactly_k_and_correctness(synth, case):
+    data, attrs, index = synth
+    expr, mask = synth_cases(attrs, data.queries)[case]
+    masks = [mask] * len(data.queries)
+    result = index.search(data.queries, k=K, filter=expr)
+    assert result.ids.dtype == np.int64 and result.distances.dtype == np.float32
+    assert result.ids.shape == (len(data.queries), K)
+    assert_all_satisfy(result, masks)
+    assert_exactly_k_or_all(result, masks, len(data.base))
+    truth = brute_force(data.base, data.queries, masks)
+    assert recall(result.ids, truth) >= 0.95
+    finite = np.isfinite(result.distances)
+    assert (np.diff(np.where(finite, result.distances, np.finfo(np.float32).max), axis=1) >= 0).all()
+    assert (finite == (result.ids >= 0)).all()
+    if case == "none_match":
+        assert (result.ids == -1).all() and np.isinf(result.distances).all()
+
+
+def test_anti_correlated_per_query_filters(synth):
+    """Queries near one label filtered to a different label: matches sit in far partitions."""
+    data, attrs, index = synth
+    label = attrs["label"]
+    nearest = exact_knn(data.base, data.queries, 1)[0][:, 0]
+    wanted = (label[nearest] + 3) % 4
+    filters = [{"label": int(w)} for w in wanted]
+    masks = [label == w for w in wanted]
+    result = index.search(data.queries, k=K, filter=filters)
+    assert_all_satisfy(result, masks)
+    assert_exactly_k_or_all(result, masks, len(data.base))
+    assert recall(result.ids, brute_force(data.base, data.queries, masks)) >= 0.95
+
+
+def test_fewer_matches_than_k_returns_all_of_them(synth):
+    data, attrs, index = synth
+    rows = np.argsort(attrs["a2"])[:4]
+    expr = {"a2": {"$lte": float(attrs["a2"][rows[-1]])}}
+    result = index.search(data.queries[:5], k=K, filter=expr)
+    for i in range(5):
+        assert sorted(result.ids[i][:4].tolist()) == sorted(rows.tolist())
+        assert (result.ids[i][4:] == -1).all()
+
+
+def test_exact_mode_equals_brute_force(synth):
+    data, attrs, index = synth
+    expr, mask = synth_cases(attrs, data.queries)["label_10pct"]
+    result = index.search(data.queries[:20], k=K, filter=expr, exact=True)
+    truth = brute_force(data.base, data.queries[:20], [mask] * 20)
+    np.testing.assert_array_equal(result.ids, truth)
+    d = ((data.base[truth].astype(np.float64) - data.queries[:20, None].astype(np.float64)) ** 2).sum(-1)
+    np.testing.assert_allclose(result.distances, d, rtol=1e-5)
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_metrics_against_brute_force(metric):
+    data = synthetic_clustered(6000, 24, n_queries=40, clusters=20, attributes=1, seed=3)
+    index = Index.build(data.base, data.attributes, metric=metric, partitions=4)
+    mask = data.attributes["a0"] < 0.5
+    expr = {"a0": {"$lt": 0.5}}
+    truth = brute_force(data.base, data.queries, [mask] * 40, metric=metric)
+    exact = index.search(data.queries, k=K, filter=expr, exact=True)
+    np.testing.assert_array_equal(exact.ids, truth)
+    approx = index.search(data.queries, k=K, filter=expr, centroid_factor=2.0)
+    floor = 0.9 if metric == "ip" else 0.95
+    assert recall(approx.ids, truth) >= floor
+    assert_all_satisfy(approx, [mask] * 40)
+
+
+def test_shared_filter_list_and_single_vector(synth):
+    data, attrs, index = synth
+    """A query gets the same answer alone or in a batch with other queries and filters."""
+    batch = index.search(data.queries[:3], k=5, filter=[{"color": "red"}, None, {"color": "red"}])
+    for i, expr in ((0, {"color": "red"}), (1, None), (2, {"color": "red"})):
+        alone = index.search(data.queries[i], k=5, filter=expr)
+        np.testing.assert_array_equal(alone.ids[0], batch.ids[i])
+        np.testing.assert_array_equal(alone.distances[0], batch.distances[i])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"filter": {"nope": 1}}, FilterError, "nope"),
+        ({"filter": {"a0": "high"}}, FilterError, "a0"),
+        ({"filter": {"color": {"$in": []}}}, FilterError, r"\$in"),
+        ({"filter": {"a0": {"$near": 1}}}, FilterError, r"\$near"),
+        ({"filter": [{"a0": 1}]}, FilterError, "filters for"),
+        ({"filter": {"$and": {"a0": 1}}}, FilterError, r"\$and"),
+        ({"k": 0}, InvalidInputError, "k must"),
+        ({"k": 5000}, LimitExceededError, "limit"),
+        ({"bogus_knob": 1}, InvalidInputError, "bogus_knob"),
+        ({"prefix_keep": 0}, InvalidInputError, "prefix_keep"),
+    ],
+)
+def test_bad_requests_raise_clear_errors(synth, kwargs, error, match):
+    data, _, index = synth
+    with pytest.raises(error, match=match):
+        index.search(data.queries[:2], **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("queries", "match"),
+    [
+        (np.zeros((2, 5)), "dimension"),
+        (np.full((1, 32), np.nan), "NaN"),
+        (np.array([["x"] * 32]), "numbers"),
+        (np.zeros((0, 32)), "empty"),
+    ],
+)
+def test_bad_queries_raise_clear_errors(synth, queries, match):
+    with pytest.raises(InvalidInputError, match=match):
+        synth[2].search(queries)
+
+
+# --- real data: fashion-mnist with its real labels ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fashion_index(fashion):
+    n = 20_000
+    base = np.asarray(fashion["base"][:n])
+    attrs = np.asarray(fashion["base_attrs"][:n])
+    columns = {"label": attrs[:, 0], "nonzero_pixels": attrs[:, 1], "intensity_sum": attrs[:, 2]}
+    index = Index.build(base, columns, partitions=4)
+    queries = np.asarray(fashion["queries"][:100])
+    qattrs = np.asarray(fashion["query_attrs"][:100])
+    return base, columns, queries, qattrs, index
+
+
+def fashion_cases(columns, qattrs):
+    nz, inten, label = columns["nonzero_pixels"], columns["intensity_sum"], columns["label"]
+    rng = np.random.default_rng(5)
+    cases = {}
+    cases["own_label_10pct"] = [({"label": int(q)}, label == q) for q in qattrs[:, 0]]
+    cases["other_label_10pct"] = [({"label": int((q + 5) % 10)}, label == (q + 5) % 10) for q in qattrs[:, 0]]
+    order = np.sort(inten)
+    for name, frac in (("range_1pct", 0.01), ("range_0.1pct", 0.001)):
+        per = []
+        for _ in range(len(qattrs)):
+            start = rng.integers(0, len(order) - int(frac * len(order)) - 1)
+            lo, hi = int(order[start]), int(order[start + int(frac * len(order))])
+            per.append(({"intensity_sum": {"$gte": lo, "$lte": hi}}, (inten >= lo) & (inten <= hi)))
+        cases[name] = per
+    cases["label_and_range"] = [
+        ({"label": {"$in": [int(q), 1]}, "nonzero_pixels": {"$gt": 400}}, np.isin(label, [q, 1]) & (nz > 400))
+        for q in qattrs[:, 0]
+    ]
+    cases["unfiltered"] = [(None, None)] * len(qattrs)
+    return cases
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize(
+    "case", ["unfiltered", "own_label_10pct", "other_label_10pct", "range_1pct", "range_0.1pct", "label_and_range"]
+)
+def test_fashion_mnist_filtered_recall(fashion_index, case):
+    base, columns, queries, qattrs, index = fashion_index
+    exprs, masks = zip(*fashion_cases(columns, qattrs)[case], strict=True)
+    result = index.search(queries, k=K, filter=list(exprs))
+    assert_all_satisfy(result, masks)
+    assert_exactly_k_or_all(result, masks, len(base))
+    assert recall(result.ids, brute_force(base, queries, masks)) >= 0.95
