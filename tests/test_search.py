@@ -165,8 +165,8 @@ def test_metrics_against_brute_force(metric):
 
 
 def test_shared_filter_list_and_single_vector(synth):
-    data, attrs, index = synth
     """A query gets the same answer alone or in a batch with other queries and filters."""
+    data, _, index = synth
     batch = index.search(data.queries[:3], k=5, filter=[{"color": "red"}, None, {"color": "red"}])
     for i, expr in ((0, {"color": "red"}), (1, None), (2, {"color": "red"})):
         alone = index.search(data.queries[i], k=5, filter=expr)
