@@ -207,3 +207,21 @@ def test_cli_build_and_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         assert text in info, text
     assert run_cli(["info", out, "--version", "1"]) == 0
     assert "metric       l2" in capsys.readouterr().out
+
+
+def test_index_open_answers_exactly_like_index_build(tmp_path):
+    """A stored index must give the same ids and distances as the in-memory build of the same data."""
+    from squash.datasets import synthetic_clustered
+    from squash.index import Index
+    from squash.pipeline import build_index
+
+    data = synthetic_clustered(3000, 16, n_queries=20, clusters=10, attributes=2, seed=4)
+    uri = f"file://{tmp_path}/idx"
+    build_index(uri, data.base, data.attributes, partitions=3, seed=1)
+    built = Index.build(data.base, data.attributes, partitions=3, seed=1)
+    opened = Index.open(uri)
+    for expr in (None, {"a0": {"$lt": 0.3}}, {"$or": [{"a1": {"$gt": 0.9}}, {"a0": {"$lt": 0.05}}]}):
+        a = built.search(data.queries, k=7, filter=expr)
+        b = opened.search(data.queries, k=7, filter=expr)
+        np.testing.assert_array_equal(a.ids, b.ids)
+        np.testing.assert_array_equal(a.distances, b.distances)
