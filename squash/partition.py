@@ -2,10 +2,11 @@
 
 Build-time only (design/algorithm.md section 4); imports only NumPy.
 
-1. Train centroids on a row sample: greedy k-means++ and Lloyd iterations, then up to ten *balanced* Lloyd
-   iterations (balanced assignment, then means). The balanced iterations move centroids to where balanced
-   partitions want them, so the final nearest-centroid cells are close to balanced already, even when the
-   natural clusters are very unequal; they also raise neighbour locality (see ``squash bench partition``).
+1. Train centroids on a row sample: greedy k-means++ (on at most 256 rows per centre), Lloyd iterations,
+   then up to ten *balanced* Lloyd iterations (balanced assignment, then means). These move the centroids
+   to where balanced partitions want them, so the final nearest-centroid cells are nearly balanced already,
+   even when the natural clusters are very unequal, and they raise neighbour locality (on Fashion-MNIST,
+   P = 40: top-10 neighbours in the nearest 3 partitions 0.950 without them, 0.973 with ten).
 2. Assign every row to its nearest centroid, then repair the sizes exactly: rows move out of oversized
    partitions into partitions with room, then into undersized partitions from partitions above the lower
    bound, each time the rows whose move costs the least extra squared distance first (the regret order of
@@ -32,7 +33,7 @@ from numpy.typing import NDArray
 from squash.errors import InvalidInputError
 
 _BLOCK_ROWS = 65_536
-# Most elements in one block's distance matrix (64 MB of float32), so large P shrinks the block.
+# Most elements in one block of rows or of distances (64 MB of float32): wide data or large P shrink it.
 _DIST_BUDGET = 1 << 24
 # Each row keeps its nearest few centroids for the repair (fewer if N * 8 would pass 2^24 pairs);
 # receivers further away are found with a blocked distance pass over just those rows.
@@ -41,6 +42,7 @@ _MAX_CANDIDATES = 8
 # Largest training sample (elements) kept as one float32 copy (512 MB).
 _SAMPLE_BUDGET = 1 << 27
 _BALANCED_LLOYD_ITERS = 10
+_INIT_ROWS_PER_CENTROID = 256
 # Lloyd stops once an iteration improves inertia by less than this fraction (the reference's tol 1e-4).
 _LLOYD_TOL = 1e-4
 _ROWS_PER_PARTITION = 100_000
@@ -119,7 +121,12 @@ def balanced_kmeans(
     if sample.size <= _SAMPLE_BUDGET:
         # Training passes over the sample dozens of times; convert it once rather than per block.
         sample = np.ascontiguousarray(sample, dtype=np.float32)
-    centroids = _lloyd(sample, _kmeans_plus_plus(sample, p, rng, block_rows), max_iter, block_rows)
+    seeds = sample
+    if len(sample) > _INIT_ROWS_PER_CENTROID * p:
+        # k-means++ reads every row once per centre; 256 rows per centre seed as well (faiss's default
+        # training subsample) and Lloyd then runs on the whole sample.
+        seeds = sample[np.sort(rng.choice(len(sample), size=_INIT_ROWS_PER_CENTROID * p, replace=False))]
+    centroids = _lloyd(sample, _kmeans_plus_plus(seeds, p, rng, block_rows), max_iter, block_rows)
 
     lo, hi = _size_bounds(len(sample), p, tolerance)
     labels = None
@@ -170,7 +177,7 @@ def _check_vectors(vectors: NDArray[np.generic], name: str) -> NDArray[np.generi
             f"{name} must hold real numbers (float32, float64, uint8, ...); got dtype {x.dtype}"
         )
     if np.issubdtype(x.dtype, np.floating):
-        for sl in _row_blocks(x.shape[0], _BLOCK_ROWS, 1):
+        for sl in _row_blocks(x.shape[0], _BLOCK_ROWS, x.shape[1]):
             # Check after the float32 cast: float64 values beyond float32's range become inf there.
             with np.errstate(over="ignore"):
                 bad = ~np.isfinite(np.asarray(x[sl], dtype=np.float32)).all(axis=1)
@@ -212,7 +219,7 @@ def _sq_dists(
     """Squared distances from ``x`` (or its ``rows``) to ``centroids``, one row block at a time."""
     c_sq = np.einsum("ij,ij->i", centroids, centroids)
     n = x.shape[0] if rows is None else len(rows)
-    for sl in _row_blocks(n, block_rows, len(centroids)):
+    for sl in _row_blocks(n, block_rows, max(len(centroids), x.shape[1])):
         xb = np.asarray(x[sl] if rows is None else x[rows[sl]], dtype=np.float32)
         d = xb @ centroids.T
         d *= -2.0
@@ -318,7 +325,7 @@ def _means(
     if counts is None:
         counts = np.bincount(labels, minlength=p)
     sums = np.zeros((p, x.shape[1]), dtype=np.float64)
-    for sl in _row_blocks(x.shape[0], block_rows, 1):
+    for sl in _row_blocks(x.shape[0], block_rows, x.shape[1]):
         block_labels = labels[sl]
         block = x[sl][np.argsort(block_labels, kind="stable")]
         block_counts = np.bincount(block_labels, minlength=p)

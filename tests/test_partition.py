@@ -121,7 +121,7 @@ def test_assignment_quality_on_clustered_data() -> None:
     top2 = np.argsort(d2, axis=1)[:, :2]
     nearest = np.mean(top2[:, 0] == result.assignment)
     near2 = np.mean((top2 == result.assignment[:, None]).any(axis=1))
-    # Measured 0.975 and 0.999 (data seeds 11-13: 0.958-0.978 and 0.994-0.999).
+    # Measured 0.961 and 0.995 (data seeds 11-13: 0.956-0.981 and 0.995-0.999).
     assert nearest >= 0.93, nearest
     assert near2 >= 0.98, near2
 
@@ -198,5 +198,6 @@ def test_neighbour_locality_on_sift() -> None:
     d2 = ((queries[:, None, :] - result.centroids[None]) ** 2).sum(axis=-1)
     probed = np.argsort(d2, axis=1)[:, :3]
     hit = (result.assignment[gt][:, :, None] == probed[:, None, :]).any(axis=-1)
-    # Measured 0.92: the fraction of true top-10 neighbours inside the query's nearest 3 of 10 partitions.
+    # Fraction of true top-10 neighbours inside the query's nearest 3 of 10 partitions: measured 0.923
+    # (seeds 0-5: 0.916-0.924).
     assert hit.mean() >= 0.88, hit.mean()

@@ -1,0 +1,237 @@
+"""``squash.Client``: query a stored index, embedded in this process or through deployed functions.
+
+Both modes run the same coordinator -> allocator -> processor code (`squash.handlers`) and exchange the same
+JSON events (`squash.protocol`); only the `Invoker` differs: threads here, or AWS Lambda.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from squash.compute.base import Invoker, call
+from squash.config import RuntimeConfig
+from squash.errors import InvalidInputError
+from squash.protocol import (
+    COUNTERS,
+    ROLES,
+    CoordinatorRequest,
+    CoordinatorResponse,
+    FilterSet,
+    IndexRef,
+    split_request,
+)
+from squash.search.result import SearchResult
+from squash.tree import TreeShape
+from squash.validation import as_vectors
+
+# Function names a deployed coordinator's response may report metrics for (its slot count is not known here);
+# only sizes the response estimate that decides whether to split a batch.
+_DEPLOYED_FUNCTIONS = 128
+
+
+@dataclass(frozen=True)
+class Hits:
+    """The answer to one query: ``ids`` int64 (k,) padded with -1, ``distances`` float32 (k,) ascending,
+    ``stats`` (the :data:`squash.search.result.STAT_FIELDS` counters of this query) and run ``info``."""
+
+    ids: NDArray[np.int64]
+    distances: NDArray[np.float32]
+    stats: dict[str, int]
+    info: dict[str, float]
+
+    def __len__(self) -> int:
+        """Results found (k unless fewer vectors match)."""
+        return int((self.ids >= 0).sum())
+
+
+class Client:
+    """Query the index at ``uri`` through the serverless query tree.
+
+    ``Client(uri)`` runs the coordinator, allocators and processors as threads of this process, with the
+    same code, payloads and per-processor-slot warm caches as on Lambda. ``Client(uri, function=...)`` (or
+    `Client.deployed`) invokes a deployed coordinator function by name or ARN.
+
+    Args:
+        uri: the index location (``memory://``, ``file://``, a path, or ``s3://``; deployed functions must
+            be able to read it).
+        function: name or ARN of a deployed coordinator; None for the embedded mode.
+        version: the index version to search; None searches the latest at each call.
+        config: embedded runtime settings (processor slots, memory budget, payload limit, tree defaults).
+        invoker: the transport to use instead of the default one (tests, custom clients).
+        lambda_client: a boto3 Lambda client for the deployed mode.
+
+    Raises:
+        InvalidInputError: conflicting or malformed arguments (the message names them).
+
+    Example:
+        >>> import numpy as np, squash
+        >>> from squash.pipeline import build_index
+        >>> x = np.random.default_rng(0).normal(size=(2000, 16)).astype("float32")
+        >>> _ = build_index("memory://client-doc", x, {"price": np.arange(2000) % 50}, partitions=4)
+        >>> client = squash.Client("memory://client-doc")
+        >>> client.query_batch(x[:3], k=5, filter={"price": {"$lt": 10}}).ids.shape
+        (3, 5)
+        >>> client.query(x[0], k=5).ids.shape
+        (5,)
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        function: str | None = None,
+        version: int | None = None,
+        config: RuntimeConfig | None = None,
+        invoker: Invoker | None = None,
+        lambda_client: Any = None,
+    ) -> None:
+        from squash.compute.inprocess import InProcessInvoker
+
+        conflicts = [
+            (lambda_client is not None and function is None, "lambda_client applies only with function=..."),
+            (lambda_client is not None and invoker is not None, "pass invoker or lambda_client, not both"),
+            (
+                config is not None and function is not None,
+                "config configures the embedded runtime; a deployed coordinator (function=...) reads its "
+                "configuration from its environment",
+            ),
+            (
+                config is not None and invoker is not None,
+                "pass config or invoker, not both (the invoker has one)",
+            ),
+        ]
+        for conflict, message in conflicts:
+            if conflict:
+                raise InvalidInputError(f"Client: {message}")
+        if not isinstance(uri, str) or not uri:
+            raise InvalidInputError(f"Client: uri must be a non-empty string, got {uri!r}")
+        if function is not None and (not isinstance(function, str) or not function):
+            raise InvalidInputError(f"Client: function must be a function name or ARN, got {function!r}")
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
+            raise InvalidInputError(f"Client: version must be a positive integer or None, got {version!r}")
+        self.uri = uri
+        self.version = version
+        if isinstance(invoker, InProcessInvoker):
+            config = invoker.config
+        self.config = config or RuntimeConfig()
+        self.function = function or self.config.coordinator_function
+        if invoker is None and function is not None:
+            from squash.compute.aws_lambda import LambdaInvoker
+
+            invoker = LambdaInvoker(lambda_client, read_timeout=self.config.invoke_timeout)
+        self.invoker: Invoker = invoker or InProcessInvoker(self.config)
+        self._functions = 3 + len(self.config.processor_functions) if function is None else _DEPLOYED_FUNCTIONS
+
+    @classmethod
+    def deployed(cls, uri: str, *, function: str, version: int | None = None, lambda_client: Any = None) -> Client:
+        """A client of the coordinator function ``function`` (name or ARN) deployed on AWS Lambda."""
+        return cls(uri, function=function, version=version, lambda_client=lambda_client)
+
+    def __repr__(self) -> str:
+        return f"Client({self.uri!r}, function={self.function!r}, version={self.version!r})"
+
+    def query(self, vector: Any, k: int = 10, filter: Any = None, **options: Any) -> Hits:
+        """Top-k of one vector (d,) among vectors matching ``filter``: row views ids (k,), distances (k,).
+
+        Takes the same options as `query_batch`.
+        """
+        if np.ndim(vector) != 1:
+            raise InvalidInputError(
+                f"query takes one vector (d,), got shape {np.shape(vector)}; use query_batch for (nq, d)"
+            )
+        result = self.query_batch(np.asarray(vector)[None, :], k, filter, **options)
+        stats = {name: int(values[0]) for name, values in result.stats.items()}
+        return Hits(result.ids[0], result.distances[0], stats, result.info)
+
+    def query_batch(
+        self,
+        vectors: Any,
+        k: int = 10,
+        filter: Any = None,
+        *,
+        branching: int | None = None,
+        depth: int | None = None,
+        **knobs: Any,
+    ) -> SearchResult:
+        """Top-k of each of ``vectors`` (nq, d) among vectors matching ``filter``.
+
+        Args:
+            vectors: a batch (nq, d) (or one vector (d,)), any numeric dtype.
+            k: results per query (1..1000).
+            filter: None, one filter for every query, or a list with one filter per query.
+            branching, depth: the allocator tree (b, L); both None lets the coordinator choose (about one
+                allocator per 50 queries; depth 0, no allocators, for small batches). ``depth=0`` alone
+                makes the coordinator call the processors itself.
+            **knobs: search parameters, see `squash.SearchParams`.
+
+        Returns:
+            A `SearchResult`: ``ids`` int64 (nq, k) padded with -1, exact ``distances`` float32 (nq, k),
+            per-query ``stats`` int64 (nq,) for each of ``STAT_FIELDS``, and run ``info``: ``seconds``
+            (wall time), ``version``, ``branching``, ``depth``, ``allocators``, ``coordinator_calls`` (more
+            than 1 when the batch was split to fit the payload limit); totals ``invocations``, ``cold``,
+            ``warm``, ``gets``, ``bytes_read``, ``lists``; per role ``<role>.<counter>`` (for example
+            ``processor.cache_hits``, ``allocator.seconds``, ``processor.max_seconds``); per function
+            ``function.<name>.<counter>``. Counters are listed in `squash.protocol.COUNTERS`.
+        """
+        started = time.perf_counter()
+        queries = as_vectors(vectors, name="queries")
+        request = CoordinatorRequest(
+            IndexRef(self.uri, self.version),
+            queries,
+            FilterSet.from_user(filter, queries.shape[0]),
+            k,
+            knobs,
+            _shape(branching, depth),
+        )
+        responses: list[CoordinatorResponse] = []
+        for part, event in split_request(request, self.config.payload_limit, self._functions):
+            if responses and part.index.version is None:
+                # Later slices of a split batch must search the version the first one found.
+                part = replace(part, index=IndexRef(self.uri, responses[0].version))
+                event = part.to_event()
+            responses.append(call(self.invoker, self.function, part, event))
+        response = CoordinatorResponse.concat(responses)
+        info = _run_info(response, time.perf_counter() - started, len(responses))
+        return SearchResult(response.ids, response.distances, dict(response.stats), info)
+
+
+def _shape(branching: int | None, depth: int | None) -> TreeShape | None:
+    if branching is None and depth is None:
+        return None
+    if depth == 0 and branching is None:
+        return TreeShape(1, 0)
+    if branching is None or depth is None:
+        raise InvalidInputError(
+            f"pass branching and depth together (got branching={branching!r}, depth={depth!r}); "
+            "depth=0 alone skips the allocators"
+        )
+    return TreeShape(branching, depth)
+
+
+def _run_info(response: CoordinatorResponse, seconds: float, calls: int) -> dict[str, float]:
+    """Flatten the per-function metrics into role totals, overall totals and per-function figures."""
+    info: dict[str, float] = {
+        "seconds": seconds,
+        "version": response.version,
+        "branching": response.shape.branching,
+        "depth": response.shape.depth,
+        "allocators": response.shape.allocators,
+        "coordinator_calls": calls,
+    }
+    for role in ROLES:
+        info.update({f"{role}.{name}": 0 for name in COUNTERS})
+    for function, counters in sorted(response.metrics.items()):
+        role = counters["role"]
+        for name in COUNTERS:
+            value = counters.get(name, 0)
+            info[f"function.{function}.{name}"] = value
+            key = f"{role}.{name}"
+            info[key] = max(info[key], value) if name == "max_seconds" else info[key] + value
+    for name in ("invocations", "cold", "warm", "gets", "bytes_read", "lists"):
+        info[name] = sum(info[f"{role}.{name}"] for role in ROLES)
+    return info

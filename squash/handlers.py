@@ -1,0 +1,383 @@
+"""Cloud-agnostic bodies of the coordinator, allocator and processor functions (design/algorithm.md 5.1-5.5).
+
+- The coordinator pins the index version, validates the batch once (dimensions, filters, knobs), chooses
+  the allocator tree and starts it; at depth 0 it does an allocator's work itself.
+- An allocator first starts its children (each gets its subtree's slice of the batch), then plans its own
+  share with `plan_queries` (single-pass rule), calls one processor per partition concurrently, merges the
+  partial top-k, and finally joins its children.
+- A processor searches one partition, kept warm in its container's `HandlerContext` (DRE). Partition p
+  always goes to processor slot p % S (`RuntimeConfig.processor_for`), so a warm slot holds its partitions.
+
+Results come back up in the responses with per-function metrics (timings, invocations, cold/warm, cache
+hits, storage requests and bytes). A failed processor fails its allocator with `IncompleteResultError`
+naming the partition, and that error reaches the client: results are never silently partial.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from squash.compute.base import Invoker, call, fan_out, join
+from squash.config import RuntimeConfig
+from squash.dre import LruCache, MeteredStore
+from squash.errors import IncompleteResultError, IndexNotFoundError, InvalidInputError, SquashError
+from squash.format import StoredIndex, list_versions, open_index
+from squash.model import IndexMeta
+from squash.protocol import (
+    COUNTERS,
+    AllocatorRequest,
+    AllocatorResponse,
+    CoordinatorRequest,
+    CoordinatorResponse,
+    FilterSet,
+    IndexRef,
+    Metrics,
+    ProcessorRequest,
+    ProcessorResponse,
+    merge_metrics,
+    split_request,
+)
+from squash.search.engine import group_by_partition
+from squash.search.merge import merge_partials
+from squash.search.params import SearchParams
+from squash.search.plan import plan_queries
+from squash.search.prepared import PreparedPartition
+from squash.search.queries import prepare_queries
+from squash.search.result import STAT_FIELDS, empty_stats
+from squash.search.scan import search_partition
+from squash.storage import ObjectStore, open_store
+from squash.tree import TreeShape, choose_shape
+
+# Index metadata versions a container keeps (a rebuild adds one; old ones age out).
+_INDEXES_KEPT = 4
+# Threads of this process allowed in numpy-heavy sections at once (never across a wait for an invocation).
+# On Lambda a container runs one invocation, so this never binds. In process, hundreds of node threads would
+# otherwise call BLAS together: OpenBLAS caps concurrent callers (numpy's wheels at 64, past which it warns
+# "precompiled NUM_THREADS exceeded"; a run with 200 concurrent processors died of heap corruption), and more
+# callers than cores only adds contention.
+_COMPUTE = threading.BoundedSemaphore(os.cpu_count() or 1)
+# CloudWatch units of the counters in squash.protocol.COUNTERS that are not plain counts.
+_METRIC_UNITS = {name: "Seconds" for name in COUNTERS if name.endswith("seconds")} | {"bytes_read": "Bytes"}
+
+
+@dataclass(eq=False)
+class HandlerContext:
+    """One function container's lasting state (its module-level state on Lambda) and what it calls.
+
+    ``indexes`` caches opened index metadata by (uri, version); ``partitions`` caches prepared partitions
+    by (uri, version, partition) under ``config.cache_budget`` bytes, evicting the least recently used.
+    ``emit`` receives each invocation's own counters (the Lambda apps publish them as metrics).
+    """
+
+    role: str
+    function_name: str
+    config: RuntimeConfig
+    invoker: Invoker
+    open_store: Callable[[str], ObjectStore] = open_store
+    emit: Callable[[Mapping[str, float]], None] | None = None
+    indexes: LruCache[StoredIndex] = field(init=False)
+    partitions: LruCache[PreparedPartition] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.indexes = LruCache(_INDEXES_KEPT, lambda _: 1)
+        self.partitions = LruCache(self.config.cache_budget, lambda p: p.data.nbytes)
+        self._stores: dict[str, ObjectStore] = {}
+        self._invocations = 0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_env(cls, role: str, *, emit: Callable[[Mapping[str, float]], None] | None = None) -> HandlerContext:
+        """The context of a Lambda function: configuration from the environment, a Lambda invoker."""
+        from squash.compute.aws_lambda import LambdaInvoker
+
+        config = RuntimeConfig.from_env()
+        invoker = LambdaInvoker(max_connections=config.max_fan_out, read_timeout=config.invoke_timeout)
+        return cls(role, os.environ.get("AWS_LAMBDA_FUNCTION_NAME", role), config, invoker, emit=emit)
+
+    def begin(self) -> bool:
+        """Count an invocation; True if it is this container's first (a cold start)."""
+        with self._lock:
+            self._invocations += 1
+            return self._invocations == 1
+
+    def store(self, uri: str) -> ObjectStore:
+        """One store handle per URI for the container's lifetime (S3 clients are costly to build)."""
+        with self._lock:
+            if uri not in self._stores:
+                self._stores[uri] = self.open_store(uri)
+            return self._stores[uri]
+
+
+class _Invocation:
+    """One invocation's meter: timings, cache outcomes and the storage requests it made itself."""
+
+    def __init__(self, ctx: HandlerContext, uri: str) -> None:
+        self.started = time.perf_counter()
+        self.ctx = ctx
+        self.cold = ctx.begin()
+        self.meter = MeteredStore(ctx.store(uri))
+        self.counters: defaultdict[str, float] = defaultdict(int)
+        self._indexes: dict[IndexRef, StoredIndex] = {}
+
+    def add(self, **values: float) -> None:
+        for name, value in values.items():
+            self.counters[name] += value
+
+    def index(self, ref: IndexRef, *, count_hits: bool = True) -> StoredIndex:
+        """The index at ``ref`` (version pinned), from the container's cache when warm."""
+        if ref in self._indexes:
+            return self._indexes[ref]
+        started = time.perf_counter()
+        stored, hit, _ = self.ctx.indexes.get(
+            (ref.uri, ref.version),
+            lambda: replace(open_index(self.meter, ref.version), store=self.meter.inner),
+        )
+        self.add(load_seconds=time.perf_counter() - started)
+        if count_hits:
+            self.add(cache_hits=int(hit), cache_misses=int(not hit))
+        self._indexes[ref] = replace(stored, store=self.meter)
+        return self._indexes[ref]
+
+    def finish(self, queries: int) -> Metrics:
+        seconds = time.perf_counter() - self.started
+        own = {
+            "invocations": 1,
+            "cold": int(self.cold),
+            "warm": int(not self.cold),
+            "queries": queries,
+            "seconds": seconds,
+            "max_seconds": seconds,
+            "gets": self.meter.stats.gets,
+            "bytes_read": self.meter.stats.bytes_read,
+            "lists": self.meter.lists,
+            **self.counters,
+        }
+        if self.ctx.emit is not None:
+            self.ctx.emit(own)
+        return {self.ctx.function_name: {"role": self.ctx.role, **own}}
+
+
+@dataclass(frozen=True)
+class _Work:
+    """Queries to search, with what every request carries alongside them."""
+
+    ref: IndexRef
+    queries: NDArray[np.float32]
+    filters: FilterSet
+    k: int
+    knobs: Mapping[str, Any]
+
+    def take(self, rows: slice | NDArray[np.int64]) -> _Work:
+        return replace(self, queries=self.queries[rows], filters=self.filters.take(rows))
+
+
+@dataclass(frozen=True)
+class _Share:
+    """Merged results of some queries and the metrics of the functions that produced them."""
+
+    ids: NDArray[np.int64]
+    distances: NDArray[np.float32]
+    stats: dict[str, NDArray[np.int64]]
+    metrics: list[Metrics]
+
+
+def _check_dim(queries: NDArray[np.float32], meta: IndexMeta) -> None:
+    if queries.shape[1] != meta.dim:
+        raise InvalidInputError(f"queries have {queries.shape[1]} dimensions but the index has {meta.dim}")
+
+
+def _functions(config: RuntimeConfig) -> int:
+    """Function names whose metrics one response may carry."""
+    return 2 + len(config.processor_functions)
+
+
+def _call_processor(ctx: HandlerContext, request: ProcessorRequest) -> ProcessorResponse:
+    function = ctx.config.processor_for(request.partition)
+    try:
+        parts = [
+            call(ctx.invoker, function, part, event)
+            for part, event in split_request(request, ctx.config.payload_limit, _functions(ctx.config))
+        ]
+    except SquashError as exc:
+        raise IncompleteResultError(
+            f"partition {request.partition} of {request.index.uri} (version {request.index.version}) could "
+            f"not be searched: {type(exc).__name__}: {exc}"
+        ) from exc
+    return ProcessorResponse.concat(parts)
+
+
+def _call_allocator(ctx: HandlerContext, request: AllocatorRequest) -> AllocatorResponse:
+    parts = [
+        call(ctx.invoker, ctx.config.allocator_function, part, event)
+        for part, event in split_request(request, ctx.config.payload_limit, _functions(ctx.config))
+    ]
+    return AllocatorResponse.concat(parts)
+
+
+def _search_share(inv: _Invocation, work: _Work) -> _Share:
+    """An allocator's own work: plan, one processor call per partition, merge as the engine does."""
+    nq, k = work.queries.shape[0], work.k
+    ids = np.full((nq, k), -1, dtype=np.int64)
+    dists = np.full((nq, k), np.inf, dtype=np.float32)
+    stats = empty_stats(nq)
+    if nq == 0:
+        return _Share(ids, dists, stats, [])
+    meta = inv.index(work.ref).meta
+    _check_dim(work.queries, meta)
+    params = SearchParams.from_knobs(dict(work.knobs))
+    with _COMPUTE:
+        started = time.perf_counter()
+        groups = group_by_partition(plan_queries(meta, work.queries, work.filters.compile(meta), k, params))
+        inv.add(plan_seconds=time.perf_counter() - started)
+    requests = []
+    for pid, qs in groups.items():
+        part = work.take(qs)
+        requests.append(ProcessorRequest(part.ref, part.queries, part.filters, k, part.knobs, partition=pid))
+    with fan_out(len(requests), inv.ctx.config.max_fan_out) as pool:
+        responses = join([pool.submit(_call_processor, inv.ctx, r) for r in requests])
+    # Merge partition by partition in ascending id, exactly as squash.search.engine does, so every mode
+    # returns bit-identical results.
+    for qs, part in zip(groups.values(), responses, strict=True):
+        ids[qs], dists[qs] = merge_partials([(ids[qs], dists[qs]), (part.ids, part.distances)], k)
+        for name in STAT_FIELDS:
+            stats[name][qs] += part.stats[name]
+    return _Share(ids, dists, stats, [r.metrics for r in responses])
+
+
+def _run_node(inv: _Invocation, work: _Work, shape: TreeShape, node: int | None, level: int) -> tuple[_Share, int]:
+    """Start the children with their subtrees' slices, then do this node's share, then join them.
+
+    Returns the results of every query in order and the size of this node's own share.
+    """
+    own, counts = shape.shares(work.queries.shape[0], level)
+    bounds = np.cumsum([own, *counts]).tolist()
+    children = []
+    for child, lo, hi in zip(shape.children(node, level), bounds[:-1], bounds[1:], strict=True):
+        if hi > lo:
+            part = work.take(slice(lo, hi))
+            children.append(
+                AllocatorRequest(
+                    part.ref,
+                    part.queries,
+                    part.filters,
+                    part.k,
+                    part.knobs,
+                    shape,
+                    node=child,
+                    level=level + 1,
+                )
+            )
+    with fan_out(len(children), inv.ctx.config.max_fan_out) as pool:
+        pending = [pool.submit(_call_allocator, inv.ctx, request) for request in children]
+        mine = _search_share(inv, work.take(slice(0, own)))
+        waiting = time.perf_counter()
+        done = join(pending)
+        inv.add(wait_seconds=time.perf_counter() - waiting)
+    share = _Share(
+        np.concatenate([mine.ids, *(r.ids for r in done)]),
+        np.concatenate([mine.distances, *(r.distances for r in done)]),
+        {name: np.concatenate([mine.stats[name], *(r.stats[name] for r in done)]) for name in STAT_FIELDS},
+        [*mine.metrics, *(r.metrics for r in done)],
+    )
+    return share, own
+
+
+def _resolve(inv: _Invocation, ref: IndexRef) -> IndexRef:
+    """Pin the latest version (one list request) unless the caller pinned one."""
+    if ref.version is not None:
+        return ref
+    versions = list_versions(inv.meter)
+    if not versions:
+        raise IndexNotFoundError(
+            f"no index at {ref.uri}: no manifest found; build one with squash.build_index or `squash build`"
+        )
+    return IndexRef(ref.uri, versions[-1])
+
+
+def coordinate(request: CoordinatorRequest, ctx: HandlerContext) -> CoordinatorResponse:
+    """Answer a client's batch: pin the version, validate, run the tree, gather results and metrics."""
+    inv = _Invocation(ctx, request.index.uri)
+    ref = _resolve(inv, request.index)
+    meta = inv.index(ref).meta
+    # Normalise (cosine) once here; allocators and processors search exactly these vectors.
+    queries = prepare_queries(request.queries, meta)
+    request.filters.compile(meta)  # reject a bad filter before anything is invoked
+    config = ctx.config
+    shape = request.shape or choose_shape(
+        len(queries),
+        per_allocator=config.queries_per_allocator,
+        max_branching=config.max_branching,
+        max_allocators=config.max_allocators,
+    )
+    work = _Work(ref, queries, request.filters, request.k, request.knobs)
+    share, own = _run_node(inv, work, shape, None, 0)
+    metrics = merge_metrics([*share.metrics, inv.finish(own)])
+    return CoordinatorResponse(share.ids, share.distances, share.stats, metrics, version=ref.version, shape=shape)
+
+
+def allocate(request: AllocatorRequest, ctx: HandlerContext) -> AllocatorResponse:
+    """Search the queries of the subtree rooted at ``request.node``; children start before anything else."""
+    inv = _Invocation(ctx, request.index.uri)
+    work = _Work(request.index, request.queries, request.filters, request.k, request.knobs)
+    share, own = _run_node(inv, work, request.shape, request.node, request.level)
+    metrics = merge_metrics([*share.metrics, inv.finish(own)])
+    return AllocatorResponse(share.ids, share.distances, share.stats, metrics)
+
+
+def process(request: ProcessorRequest, ctx: HandlerContext) -> ProcessorResponse:
+    """Search one partition, loaded once per container and version and kept warm (DRE)."""
+    inv = _Invocation(ctx, request.index.uri)
+    stored = inv.index(request.index, count_hits=False)
+    meta, pid = stored.meta, request.partition
+    if pid >= meta.n_partitions:
+        raise InvalidInputError(f"partition {pid} does not exist; the index has {meta.n_partitions}")
+    _check_dim(request.queries, meta)
+    params = SearchParams.from_knobs(dict(request.knobs))
+    filters = request.filters.compile(meta)
+    with _COMPUTE:
+        started = time.perf_counter()
+        part, hit, evicted = ctx.partitions.get(
+            (request.index.uri, stored.version, pid), lambda: PreparedPartition(stored.load_partition(pid))
+        )
+        loaded = time.perf_counter()
+        result = search_partition(part, request.queries, filters, request.k, params, meta.metric)
+    inv.add(
+        cache_hits=int(hit),
+        cache_misses=int(not hit),
+        evictions=evicted,
+        load_seconds=loaded - started,
+        scan_seconds=time.perf_counter() - loaded,
+    )
+    return ProcessorResponse(result.ids, result.distances, result.stats, inv.finish(request.n_queries))
+
+
+def metric_sink(metrics: Any) -> Callable[[Mapping[str, float]], None]:
+    """An ``emit`` for `HandlerContext` that adds each counter, with its unit, to a Powertools ``Metrics``."""
+
+    def emit(counters: Mapping[str, float]) -> None:
+        for name, value in counters.items():
+            metrics.add_metric(name=name, unit=_METRIC_UNITS.get(name, "Count"), value=value)
+
+    return emit
+
+
+_ROUTES: dict[str, tuple[Any, Callable[[Any, HandlerContext], Any]]] = {
+    "coordinator": (CoordinatorRequest, coordinate),
+    "allocator": (AllocatorRequest, allocate),
+    "processor": (ProcessorRequest, process),
+}
+
+
+def handle(role: str, event: dict[str, Any], ctx: HandlerContext) -> dict[str, Any]:
+    """Validate ``event`` for ``role``, run its handler and encode the response."""
+    request_type, body = _ROUTES[role]
+    return body(request_type.from_event(event), ctx).to_event()
