@@ -12,6 +12,7 @@ from squash.errors import SquashError
 BENCHMARKS = {
     "osq": ("squash.bench.osq", "OSQ recall and encode speed vs faiss SQ/PQ at equal bytes"),
     "partition": ("squash.bench.partition", "balanced k-means time, balance and neighbour locality"),
+    "search": ("squash.bench.search", "filtered QPS vs recall@10: Squash, faiss IVF, hnswlib, numpy"),
 }
 # Modules with register(subparsers) adding their own subcommands.
 COMMAND_MODULES = ("squash.demo", "squash.cli_index", "squash.local.cli")
