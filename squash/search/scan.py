@@ -239,7 +239,8 @@ def search_partition(
     stats["partitions"] += 1
     ids = np.full((nq, k), -1, dtype=np.int64)
     dists = np.full((nq, k), np.inf, dtype=np.float32)
-    codes = _QueryCodes(part, queries, metric)
+    # Built on first need: groups answered by an exact scan (selective filters) never rotate queries.
+    codes: _QueryCodes | None = None
     groups: dict[int, list[int]] = {}
     for i, compiled in enumerate(filters):
         groups.setdefault(id(compiled), []).append(i)
@@ -257,6 +258,8 @@ def search_partition(
             stats["reranked"][qs] += m
             ids[qs], dists[qs] = _exact_scan(part, cand, queries[qs], metric, k)
             continue
+        if codes is None:
+            codes = _QueryCodes(part, queries, metric)
         rows = _pruned(part, cand, codes, k, params, metric, stats, qs)
         stats["reranked"][qs] += rows.shape[-1]
         ids[qs], dists[qs] = _finish(part, rows, queries[qs], metric, k)
