@@ -10,6 +10,10 @@ from numpy.typing import NDArray
 from squash.errors import InvalidInputError
 
 MAX_BITS = 8
+# Energy kept by a dimension after each bit. Gaussian MSE theory says 4; ranking by OSQ lower bounds
+# measured better with 3 (recall@10 by lower bound at 4 bits/dim, SIFT 0.892 -> 0.897, Fashion-MNIST
+# 0.937 -> 0.942): a bound's error follows the cell width, which shrinks more slowly than the MSE.
+ENERGY_DIVISOR = 3.0
 # Energies below this fraction of the largest are numerical noise from rank deficiency.
 _NEGLIGIBLE_ENERGY = 1e-10
 
@@ -29,9 +33,7 @@ class BitAllocation:
 def total_bit_budget(bits_per_dim: float, dim: int) -> int:
     """Total vector bits for an average of ``bits_per_dim`` over ``dim`` dimensions."""
     if not np.isfinite(bits_per_dim) or bits_per_dim <= 0 or bits_per_dim > MAX_BITS:
-        raise InvalidInputError(
-            f"bits_per_dim must be in (0, {MAX_BITS}], got {bits_per_dim}; 4.0 is the default"
-        )
+        raise InvalidInputError(f"bits_per_dim must be in (0, {MAX_BITS}], got {bits_per_dim}; 4.0 is the default")
     budget = round(bits_per_dim * dim)
     if budget < 1:
         raise InvalidInputError(
@@ -48,12 +50,11 @@ def allocate_bits(
 ) -> BitAllocation:
     """Spend ``budget`` bits one at a time on the dimension of highest remaining energy.
 
-    Each bit divides the chosen dimension's energy by four (the MSE drop of one more bit on a
-    roughly Gaussian marginal). A dimension leaves the race at ``MAX_BITS`` bits, when another bit
+    Each bit divides the chosen dimension's energy by :data:`ENERGY_DIVISOR`. A dimension leaves the race at ``MAX_BITS`` bits, when another bit
     would exceed ``capacity`` (its usable bits, e.g. floor(log2(distinct values))), or when its
     energy is negligible, so no bit is wasted on a saturated dimension.
 
-    Because every dimension's sequence e, e/4, e/16, ... is decreasing, the greedy choice equals
+    Because every dimension's sequence e, e/r, e/r^2, ... is decreasing, the greedy choice equals
     taking the ``budget`` largest entries of all sequences (ties: lower dimension first), which is
     computed here in one sort instead of ``budget`` rounds.
     """
@@ -69,7 +70,7 @@ def allocate_bits(
     cap[e <= _NEGLIGIBLE_ENERGY * max(float(e.max()), 0.0)] = 0
     cap = np.clip(cap, 0, MAX_BITS)
     steps = np.arange(MAX_BITS)
-    gains = e[:, None] / 4.0 ** steps[None, :]
+    gains = e[:, None] / ENERGY_DIVISOR ** steps[None, :]
     eligible = steps[None, :] < cap[:, None]
     dims, step = np.nonzero(eligible)
     values = gains[dims, step]
