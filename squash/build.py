@@ -33,8 +33,7 @@ def prepare_vectors(vectors: object, metric: Metric, *, dim: int | None = None) 
         if (norms == 0).any():
             row = int(np.nonzero(norms[:, 0] == 0)[0][0])
             raise InvalidInputError(
-                f"vector at row {row} has zero length, which has no cosine similarity; "
-                "drop it or use metric='l2'"
+                f"vector at row {row} has zero length, which has no cosine similarity; drop it or use metric='l2'"
             )
         x = x / norms
     return x
@@ -44,7 +43,7 @@ def rerank_storage(vectors: object, x: NDArray[np.float32], metric: Metric) -> N
     """Values kept for the exact re-rank: uint8 data stays uint8 (4x smaller, still exact)."""
     raw = np.asarray(vectors)
     if metric is not Metric.COSINE and raw.dtype == np.uint8:
-        return np.ascontiguousarray(raw)
+        return np.ascontiguousarray(raw.reshape(x.shape))  # a single 1-D vector is one row, as in x
     return x
 
 
@@ -66,9 +65,7 @@ def build_in_memory(
     schema, raw = normalize_attributes(attributes, n)
     p = default_partitions(n) if partitions is None else partitions
     if isinstance(p, bool) or not isinstance(p, int | np.integer) or not 1 <= p <= n:
-        raise InvalidInputError(
-            f"partitions must be an integer in [1, {n}] for {n} vectors, got {partitions!r}"
-        )
+        raise InvalidInputError(f"partitions must be an integer in [1, {n}] for {n} vectors, got {partitions!r}")
     attr_quantizer = AttributeQuantizer.fit(schema, raw, bits=ATTRIBUTE_BITS)
     codes = attr_quantizer.encode(raw, n=n)
     split = balanced_kmeans(x, int(p), seed=seed)

@@ -8,21 +8,25 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from squash.compute.base import Invoker, call
+from squash.compute.retry import Deadline, FanOut, RetryPolicy, retrying
 from squash.config import RuntimeConfig
-from squash.errors import InvalidInputError
+from squash.errors import IncompleteResultError, InvalidInputError, InvocationTimeoutError, SquashError
 from squash.protocol import (
     COUNTERS,
+    MAX_COUNTERS,
     ROLES,
     CoordinatorRequest,
     CoordinatorResponse,
     FilterSet,
     IndexRef,
+    Missing,
     split_request,
 )
 from squash.search.result import SearchResult
@@ -32,6 +36,8 @@ from squash.validation import as_vectors
 # Function names a deployed coordinator's response may report metrics for (its slot count is not known here);
 # only sizes the response estimate that decides whether to split a batch.
 _DEPLOYED_FUNCTIONS = 128
+# Seconds a query may take, end to end, unless the caller passes ``timeout``.
+DEFAULT_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,7 @@ class Hits:
     distances: NDArray[np.float32]
     stats: dict[str, int]
     info: dict[str, float]
+    complete: bool = True
 
     def __len__(self) -> int:
         """Results found (k unless fewer vectors match)."""
@@ -116,8 +123,8 @@ class Client:
             raise InvalidInputError(f"Client: version must be a positive integer or None, got {version!r}")
         self.uri = uri
         self.version = version
-        if isinstance(invoker, InProcessInvoker):
-            config = invoker.config
+        if isinstance(getattr(invoker, "config", None), RuntimeConfig):
+            config = invoker.config  # type: ignore[union-attr]  # an in-process invoker or a wrapper of one
         self.config = config or RuntimeConfig()
         self.function = function or self.config.coordinator_function
         if invoker is None and function is not None:
@@ -146,7 +153,8 @@ class Client:
             )
         result = self.query_batch(np.asarray(vector)[None, :], k, filter, **options)
         stats = {name: int(values[0]) for name, values in result.stats.items()}
-        return Hits(result.ids[0], result.distances[0], stats, result.info)
+        complete = True if result.complete is None else bool(result.complete[0])
+        return Hits(result.ids[0], result.distances[0], stats, result.info, complete)
 
     def query_batch(
         self,
@@ -156,6 +164,8 @@ class Client:
         *,
         branching: int | None = None,
         depth: int | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        allow_partial: bool = False,
         **knobs: Any,
     ) -> SearchResult:
         """Top-k of each of ``vectors`` (nq, d) among vectors matching ``filter``.
@@ -167,6 +177,11 @@ class Client:
             branching, depth: the allocator tree (b, L); both None lets the coordinator choose (about one
                 allocator per 50 queries; depth 0, no allocators, for small batches). ``depth=0`` alone
                 makes the coordinator call the processors itself.
+            timeout: seconds the whole query may take; every level stops waiting and retrying at this
+                deadline, and the query then fails with `InvocationTimeoutError`.
+            allow_partial: return results even if some partitions could not be searched, with
+                ``complete`` False for the queries that missed one; by default that raises
+                `IncompleteResultError` naming the partitions.
             **knobs: search parameters, see `squash.SearchParams`.
 
         Returns:
@@ -174,11 +189,16 @@ class Client:
             per-query ``stats`` int64 (nq,) for each of ``STAT_FIELDS``, and run ``info``: ``seconds``
             (wall time), ``version``, ``branching``, ``depth``, ``allocators``, ``coordinator_calls`` (more
             than 1 when the batch was split to fit the payload limit); totals ``invocations``, ``cold``,
-            ``warm``, ``gets``, ``bytes_read``, ``lists``; per role ``<role>.<counter>`` (for example
-            ``processor.cache_hits``, ``allocator.seconds``, ``processor.max_seconds``); per function
-            ``function.<name>.<counter>``. Counters are listed in `squash.protocol.COUNTERS`.
+            ``warm``, ``gets``, ``bytes_read``, ``lists``, ``retries``, ``hedges``; per role
+            ``<role>.<counter>`` (for example ``processor.cache_hits``, ``allocator.seconds``,
+            ``processor.max_seconds``); per function ``function.<name>.<counter>``. Counters are listed in
+            `squash.protocol.COUNTERS`. ``complete`` (bool (nq,)) is False only for the queries that missed
+            a partition, which ``allow_partial=True`` alone lets through.
         """
         started = time.perf_counter()
+        deadline = Deadline.after(_timeout(timeout))
+        if not isinstance(allow_partial, bool):
+            raise InvalidInputError(f"allow_partial must be True or False, got {allow_partial!r}")
         queries = as_vectors(vectors, name="queries")
         request = CoordinatorRequest(
             IndexRef(self.uri, self.version),
@@ -187,6 +207,7 @@ class Client:
             k,
             knobs,
             _shape(branching, depth),
+            deadline_ms=deadline.earlier(self.config.deadline_margin).epoch_ms,
         )
         responses: list[CoordinatorResponse] = []
         for part, event in split_request(request, self.config.payload_limit, self._functions):
@@ -194,10 +215,39 @@ class Client:
                 # Later slices of a split batch must search the version the first one found.
                 part = replace(part, index=IndexRef(self.uri, responses[0].version))
                 event = part.to_event()
-            responses.append(call(self.invoker, self.function, part, event))
+            responses.append(self._call(part, event, deadline))
         response = CoordinatorResponse.concat(responses)
+        if response.missing and not allow_partial:
+            raise _incomplete(response.missing)
         info = _run_info(response, time.perf_counter() - started, len(responses))
-        return SearchResult(response.ids, response.distances, dict(response.stats), info)
+        return SearchResult(response.ids, response.distances, dict(response.stats), info, response.complete)
+
+    def _call(self, part: CoordinatorRequest, event: dict[str, Any], deadline: Deadline) -> CoordinatorResponse:
+        """Invoke the coordinator, retrying transient errors, waiting no longer than the deadline."""
+        policy = RetryPolicy.of(self.config)
+        attempt = partial(call, self.invoker, self.function, part, event)
+        (outcome,) = FanOut(
+            [partial(retrying, attempt, policy, deadline, self.function)], limit=1, deadline=deadline
+        ).results()
+        if isinstance(outcome, SquashError):
+            raise outcome
+        return outcome
+
+
+def _timeout(timeout: object) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < float("inf"):
+        raise InvalidInputError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    return float(timeout)
+
+
+def _incomplete(missing: tuple[Missing, ...]) -> SquashError:
+    """The error for a batch some of whose partitions were not searched, naming each of them once."""
+    first = {m.partition: m for m in reversed(missing)}
+    partitions = tuple(sorted(first))
+    message = "; ".join(first[p].message for p in partitions)
+    if all(m.error == InvocationTimeoutError.__name__ for m in missing):
+        return InvocationTimeoutError(f"the query deadline passed before every partition was searched: {message}")
+    return IncompleteResultError(message, partitions=partitions)
 
 
 def _shape(branching: int | None, depth: int | None) -> TreeShape | None:
@@ -231,7 +281,7 @@ def _run_info(response: CoordinatorResponse, seconds: float, calls: int) -> dict
             value = counters.get(name, 0)
             info[f"function.{function}.{name}"] = value
             key = f"{role}.{name}"
-            info[key] = max(info[key], value) if name == "max_seconds" else info[key] + value
-    for name in ("invocations", "cold", "warm", "gets", "bytes_read", "lists"):
+            info[key] = max(info[key], value) if name in MAX_COUNTERS else info[key] + value
+    for name in ("invocations", "cold", "warm", "gets", "bytes_read", "lists", "retries", "hedges"):
         info[name] = sum(info[f"{role}.{name}"] for role in ROLES)
     return info

@@ -45,6 +45,12 @@ class RuntimeConfig:
         max_fan_out: most concurrent invocations one node makes (and HTTP connections it keeps).
         payload_limit: largest request or response in bytes; bigger query batches are split.
         invoke_timeout: seconds to wait for one synchronous invocation; above every function timeout.
+        retry_attempts: tries of one invocation that fails with a retryable error (throttling, timeout, 5xx).
+        retry_base_delay: first backoff in seconds; each retry doubles the cap, with full jitter.
+        retry_max_delay: cap on one backoff in seconds.
+        hedge_min_seconds: a processor call running longer than this and than its siblings' p95 gets a
+            duplicate; the first answer wins (processors are idempotent).
+        deadline_margin: seconds each level keeps back from its deadline to send its answer up.
     """
 
     coordinator_function: str = "squash-coordinator"
@@ -58,6 +64,11 @@ class RuntimeConfig:
     max_fan_out: int = 64
     payload_limit: int = MAX_PAYLOAD
     invoke_timeout: float = 910.0
+    retry_attempts: int = 4
+    retry_base_delay: float = 0.05
+    retry_max_delay: float = 2.0
+    hedge_min_seconds: float = 1.0
+    deadline_margin: float = 0.05
 
     def __post_init__(self) -> None:
         names = (self.coordinator_function, self.allocator_function, *self.processor_functions)
@@ -73,6 +84,10 @@ class RuntimeConfig:
             (self.max_fan_out >= 1, "max_fan_out must be >= 1"),
             (self.payload_limit >= 1024, "payload_limit must be >= 1024 bytes"),
             (self.invoke_timeout > 0, "invoke_timeout must be > 0"),
+            (self.retry_attempts >= 1, "retry_attempts must be >= 1"),
+            (0 <= self.retry_base_delay <= self.retry_max_delay, "need 0 <= retry_base_delay <= retry_max_delay"),
+            (self.hedge_min_seconds > 0, "hedge_min_seconds must be > 0"),
+            (self.deadline_margin >= 0, "deadline_margin must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:

@@ -9,31 +9,40 @@
   always goes to processor slot p % S (`RuntimeConfig.processor_for`), so a warm slot holds its partitions.
 
 Results come back up in the responses with per-function metrics (timings, invocations, cold/warm, cache
-hits, storage requests and bytes). A failed processor fails its allocator with `IncompleteResultError`
-naming the partition, and that error reaches the client: results are never silently partial.
+hits, storage requests and bytes).
+
+Fault handling (`squash.compute.retry`): every invocation is retried on transient errors with jittered
+backoff; processor stragglers are hedged; every level stops at the request's ``deadline_ms``. A partition
+that still cannot be searched marks its queries incomplete and is named in the response's ``missing``;
+the client raises `IncompleteResultError` unless asked for partial results, so results are never silently
+partial.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from squash.compute.base import Invoker, call, fan_out, join
+from squash.compute.base import Invoker, call
+from squash.compute.retry import Attempts, Deadline, FanOut, RetryPolicy, retrying
 from squash.config import RuntimeConfig
 from squash.dre import LruCache, MeteredStore
-from squash.errors import IncompleteResultError, IndexNotFoundError, InvalidInputError, SquashError
+from squash.errors import IndexNotFoundError, InvalidInputError, SquashError
 from squash.format import StoredIndex, list_versions, open_index
 from squash.model import IndexMeta
 from squash.protocol import (
     COUNTERS,
+    RESPONSES,
     AllocatorRequest,
     AllocatorResponse,
     CoordinatorRequest,
@@ -41,6 +50,7 @@ from squash.protocol import (
     FilterSet,
     IndexRef,
     Metrics,
+    Missing,
     ProcessorRequest,
     ProcessorResponse,
     merge_metrics,
@@ -66,7 +76,11 @@ _INDEXES_KEPT = 4
 # callers than cores only adds contention.
 _COMPUTE = threading.BoundedSemaphore(os.cpu_count() or 1)
 # CloudWatch units of the counters in squash.protocol.COUNTERS that are not plain counts.
-_METRIC_UNITS = {name: "Seconds" for name in COUNTERS if name.endswith("seconds")} | {"bytes_read": "Bytes"}
+_METRIC_UNITS = {name: "Seconds" for name in COUNTERS if name.endswith("seconds")} | {
+    "bytes_read": "Bytes",
+    "billed_ms": "Milliseconds",
+    "memory_mb": "Megabytes",
+}
 
 
 @dataclass(eq=False)
@@ -126,6 +140,7 @@ class _Invocation:
         self.cold = ctx.begin()
         self.meter = MeteredStore(ctx.store(uri))
         self.counters: defaultdict[str, float] = defaultdict(int)
+        self.attempts = Attempts()
         self._indexes: dict[IndexRef, StoredIndex] = {}
 
     def add(self, **values: float) -> None:
@@ -156,9 +171,13 @@ class _Invocation:
             "queries": queries,
             "seconds": seconds,
             "max_seconds": seconds,
+            "billed_ms": math.ceil(seconds * 1000),
+            "memory_mb": self.ctx.config.memory_mb,
             "gets": self.meter.stats.gets,
             "bytes_read": self.meter.stats.bytes_read,
             "lists": self.meter.lists,
+            "retries": self.attempts.retries,
+            "hedges": self.attempts.hedges,
             **self.counters,
         }
         if self.ctx.emit is not None:
@@ -175,6 +194,7 @@ class _Work:
     filters: FilterSet
     k: int
     knobs: Mapping[str, Any]
+    deadline: Deadline | None
 
     def take(self, rows: slice | NDArray[np.int64]) -> _Work:
         return replace(self, queries=self.queries[rows], filters=self.filters.take(rows))
@@ -188,6 +208,8 @@ class _Share:
     distances: NDArray[np.float32]
     stats: dict[str, NDArray[np.int64]]
     metrics: list[Metrics]
+    complete: NDArray[np.bool_]
+    missing: list[Missing]
 
 
 def _check_dim(queries: NDArray[np.float32], meta: IndexMeta) -> None:
@@ -200,37 +222,41 @@ def _functions(config: RuntimeConfig) -> int:
     return 2 + len(config.processor_functions)
 
 
-def _call_processor(ctx: HandlerContext, request: ProcessorRequest) -> ProcessorResponse:
-    function = ctx.config.processor_for(request.partition)
-    try:
-        parts = [
-            call(ctx.invoker, function, part, event)
-            for part, event in split_request(request, ctx.config.payload_limit, _functions(ctx.config))
-        ]
-    except SquashError as exc:
-        raise IncompleteResultError(
-            f"partition {request.partition} of {request.index.uri} (version {request.index.version}) could "
-            f"not be searched: {type(exc).__name__}: {exc}"
-        ) from exc
-    return ProcessorResponse.concat(parts)
-
-
-def _call_allocator(ctx: HandlerContext, request: AllocatorRequest) -> AllocatorResponse:
+def _invoke(inv: _Invocation, function: str, request: Any) -> Any:
+    """One child request (split to fit the payload limit), each part retried on transient errors."""
+    config = inv.ctx.config
+    policy = RetryPolicy.of(config)
+    deadline = None if request.deadline_ms is None else Deadline(request.deadline_ms)
     parts = [
-        call(ctx.invoker, ctx.config.allocator_function, part, event)
-        for part, event in split_request(request, ctx.config.payload_limit, _functions(ctx.config))
+        retrying(partial(call, inv.ctx.invoker, function, part, event), policy, deadline, function, inv.attempts)
+        for part, event in split_request(request, config.payload_limit, _functions(config))
     ]
-    return AllocatorResponse.concat(parts)
+    return RESPONSES[type(request)].concat(parts)
+
+
+def _child_deadline(work: _Work, margin: float) -> tuple[Deadline | None, int | None]:
+    """When this node stops waiting for its children, and the deadline (epoch ms) it gives them."""
+    if work.deadline is None:
+        return None, None
+    mine = work.deadline.earlier(margin)
+    return mine, mine.earlier(margin).epoch_ms
 
 
 def _search_share(inv: _Invocation, work: _Work) -> _Share:
-    """An allocator's own work: plan, one processor call per partition, merge as the engine does."""
+    """An allocator's own work: plan, one processor call per partition, merge as the engine does.
+
+    A partition that cannot be searched (after retries and hedging) leaves its queries marked incomplete
+    and is reported in ``missing``; the other partitions' results are still merged.
+    """
     nq, k = work.queries.shape[0], work.k
     ids = np.full((nq, k), -1, dtype=np.int64)
     dists = np.full((nq, k), np.inf, dtype=np.float32)
     stats = empty_stats(nq)
+    complete = np.ones(nq, dtype=bool)
     if nq == 0:
-        return _Share(ids, dists, stats, [])
+        return _Share(ids, dists, stats, [], complete, [])
+    if work.deadline is not None:
+        work.deadline.check("planning")
     meta = inv.index(work.ref).meta
     _check_dim(work.queries, meta)
     params = SearchParams.from_knobs(dict(work.knobs))
@@ -238,26 +264,51 @@ def _search_share(inv: _Invocation, work: _Work) -> _Share:
         started = time.perf_counter()
         groups = group_by_partition(plan_queries(meta, work.queries, work.filters.compile(meta), k, params))
         inv.add(plan_seconds=time.perf_counter() - started)
+    config = inv.ctx.config
+    wait_until, child_ms = _child_deadline(work, config.deadline_margin)
     requests = []
     for pid, qs in groups.items():
         part = work.take(qs)
-        requests.append(ProcessorRequest(part.ref, part.queries, part.filters, k, part.knobs, partition=pid))
-    with fan_out(len(requests), inv.ctx.config.max_fan_out) as pool:
-        responses = join([pool.submit(_call_processor, inv.ctx, r) for r in requests])
+        requests.append(
+            ProcessorRequest(part.ref, part.queries, part.filters, k, part.knobs, partition=pid, deadline_ms=child_ms)
+        )
+    responses = FanOut(
+        [partial(_invoke, inv, config.processor_for(r.partition), r) for r in requests],
+        limit=config.max_fan_out,
+        deadline=wait_until,
+        hedge_after=config.hedge_min_seconds,
+        attempts=inv.attempts,
+    ).results()
+    missing, metrics = [], []
     # Merge partition by partition in ascending id, exactly as squash.search.engine does, so every mode
     # returns bit-identical results.
-    for qs, part in zip(groups.values(), responses, strict=True):
+    for (pid, qs), part in zip(groups.items(), responses, strict=True):
+        if isinstance(part, SquashError):
+            complete[qs] = False
+            missing.append(
+                Missing(
+                    pid,
+                    type(part).__name__,
+                    f"partition {pid} of {work.ref.uri} (version {work.ref.version}) could not be searched: "
+                    f"{type(part).__name__}: {part}",
+                )
+            )
+            continue
         ids[qs], dists[qs] = merge_partials([(ids[qs], dists[qs]), (part.ids, part.distances)], k)
         for name in STAT_FIELDS:
             stats[name][qs] += part.stats[name]
-    return _Share(ids, dists, stats, [r.metrics for r in responses])
+        metrics.append(part.metrics)
+    return _Share(ids, dists, stats, metrics, complete, missing)
 
 
 def _run_node(inv: _Invocation, work: _Work, shape: TreeShape, node: int | None, level: int) -> tuple[_Share, int]:
     """Start the children with their subtrees' slices, then do this node's share, then join them.
 
-    Returns the results of every query in order and the size of this node's own share.
+    Returns the results of every query in order and the size of this node's own share. A failed child
+    fails this node (its first error in order is raised).
     """
+    config = inv.ctx.config
+    wait_until, child_ms = _child_deadline(work, config.deadline_margin)
     own, counts = shape.shares(work.queries.shape[0], level)
     bounds = np.cumsum([own, *counts]).tolist()
     children = []
@@ -274,21 +325,40 @@ def _run_node(inv: _Invocation, work: _Work, shape: TreeShape, node: int | None,
                     shape,
                     node=child,
                     level=level + 1,
+                    deadline_ms=child_ms,
                 )
             )
-    with fan_out(len(children), inv.ctx.config.max_fan_out) as pool:
-        pending = [pool.submit(_call_allocator, inv.ctx, request) for request in children]
-        mine = _search_share(inv, work.take(slice(0, own)))
-        waiting = time.perf_counter()
-        done = join(pending)
-        inv.add(wait_seconds=time.perf_counter() - waiting)
+    pending = FanOut(
+        [partial(_invoke, inv, config.allocator_function, r) for r in children],
+        limit=config.max_fan_out,
+        deadline=wait_until,
+        attempts=inv.attempts,
+    )
+    mine = _search_share(inv, work.take(slice(0, own)))
+    waiting = time.perf_counter()
+    done = pending.results()
+    inv.add(wait_seconds=time.perf_counter() - waiting)
+    for result in done:
+        if isinstance(result, SquashError):
+            raise result
     share = _Share(
         np.concatenate([mine.ids, *(r.ids for r in done)]),
         np.concatenate([mine.distances, *(r.distances for r in done)]),
         {name: np.concatenate([mine.stats[name], *(r.stats[name] for r in done)]) for name in STAT_FIELDS},
         [*mine.metrics, *(r.metrics for r in done)],
+        np.concatenate([mine.complete, *(r.complete for r in done)]),
+        [*mine.missing, *(m for r in done for m in r.missing)],
     )
     return share, own
+
+
+def _deadline(request: CoordinatorRequest | AllocatorRequest | ProcessorRequest) -> Deadline | None:
+    """The request's deadline, checked on arrival: a late request does no work at all."""
+    if request.deadline_ms is None:
+        return None
+    deadline = Deadline(request.deadline_ms)
+    deadline.check(f"{request.KIND} started")
+    return deadline
 
 
 def _resolve(inv: _Invocation, ref: IndexRef) -> IndexRef:
@@ -306,6 +376,7 @@ def _resolve(inv: _Invocation, ref: IndexRef) -> IndexRef:
 def coordinate(request: CoordinatorRequest, ctx: HandlerContext) -> CoordinatorResponse:
     """Answer a client's batch: pin the version, validate, run the tree, gather results and metrics."""
     inv = _Invocation(ctx, request.index.uri)
+    deadline = _deadline(request)
     ref = _resolve(inv, request.index)
     meta = inv.index(ref).meta
     # Normalise (cosine) once here; allocators and processors search exactly these vectors.
@@ -318,19 +389,30 @@ def coordinate(request: CoordinatorRequest, ctx: HandlerContext) -> CoordinatorR
         max_branching=config.max_branching,
         max_allocators=config.max_allocators,
     )
-    work = _Work(ref, queries, request.filters, request.k, request.knobs)
+    work = _Work(ref, queries, request.filters, request.k, request.knobs, deadline)
     share, own = _run_node(inv, work, shape, None, 0)
     metrics = merge_metrics([*share.metrics, inv.finish(own)])
-    return CoordinatorResponse(share.ids, share.distances, share.stats, metrics, version=ref.version, shape=shape)
+    return CoordinatorResponse(
+        share.ids,
+        share.distances,
+        share.stats,
+        metrics,
+        version=ref.version,
+        shape=shape,
+        complete=share.complete,
+        missing=tuple(share.missing),
+    )
 
 
 def allocate(request: AllocatorRequest, ctx: HandlerContext) -> AllocatorResponse:
     """Search the queries of the subtree rooted at ``request.node``; children start before anything else."""
     inv = _Invocation(ctx, request.index.uri)
-    work = _Work(request.index, request.queries, request.filters, request.k, request.knobs)
+    work = _Work(request.index, request.queries, request.filters, request.k, request.knobs, _deadline(request))
     share, own = _run_node(inv, work, request.shape, request.node, request.level)
     metrics = merge_metrics([*share.metrics, inv.finish(own)])
-    return AllocatorResponse(share.ids, share.distances, share.stats, metrics)
+    return AllocatorResponse(
+        share.ids, share.distances, share.stats, metrics, complete=share.complete, missing=tuple(share.missing)
+    )
 
 
 def process(request: ProcessorRequest, ctx: HandlerContext) -> ProcessorResponse:
@@ -343,7 +425,10 @@ def process(request: ProcessorRequest, ctx: HandlerContext) -> ProcessorResponse
     _check_dim(request.queries, meta)
     params = SearchParams.from_knobs(dict(request.knobs))
     filters = request.filters.compile(meta)
+    deadline = _deadline(request)
     with _COMPUTE:
+        if deadline is not None:
+            deadline.check(f"searching partition {pid}")
         started = time.perf_counter()
         part, hit, evicted = ctx.partitions.get(
             (request.index.uri, stored.version, pid), lambda: PreparedPartition(stored.load_partition(pid))

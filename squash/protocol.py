@@ -15,6 +15,10 @@ Filters travel as their JSON, deduplicated: ``filters`` lists the distinct expre
 is validated again where it is used; no bitmap ever crosses the wire. Every request names the index by URI
 and manifest version, so a rebuilt index is never served from a stale cache.
 
+Requests may carry ``deadline_ms`` (absolute epoch milliseconds; null or absent: none) by which the receiver
+must answer. Responses carry a per-query ``complete`` flag (bool array) and ``missing``, the partitions that
+could not be searched, each ``{partition, error, message}``.
+
 ``from_event`` checks everything (known keys, JSON types, dtypes, shapes, sizes, ranges) and raises
 `InvalidInputError` naming the message kind and field. `split_request` keeps each request and its expected
 response under the synchronous payload limit by splitting the query batch.
@@ -28,7 +32,7 @@ import itertools
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, TypeVar
 
 import msgpack
@@ -46,7 +50,7 @@ from squash.tree import TreeShape
 PROTOCOL_VERSION = 1
 MAX_DIM = 65_536
 ROLES = ("coordinator", "allocator", "processor")
-# Per-function counters that travel up the tree; every one is summed except max_seconds.
+# Per-function counters that travel up the tree; every one is summed except those in MAX_COUNTERS.
 COUNTERS = (
     "invocations",  # handler runs
     "cold",  # ... that were a container's first
@@ -54,6 +58,8 @@ COUNTERS = (
     "queries",  # queries in the function's own share (a processor: its batch); 0 for a pure coordinator
     "seconds",  # handler time, summed: billed duration
     "max_seconds",  # slowest single invocation
+    "billed_ms",  # handler time rounded up to whole milliseconds per invocation, as Lambda bills it
+    "memory_mb",  # the function's memory setting, which prices its billed time
     "plan_seconds",  # partition selection
     "load_seconds",  # reading and decoding index objects
     "scan_seconds",  # search_partition
@@ -64,7 +70,11 @@ COUNTERS = (
     "cache_hits",  # processors: partitions found warm; other roles: index metadata found warm
     "cache_misses",
     "evictions",  # partitions dropped to stay under the memory budget
+    "retries",  # invocations this function retried after a transient error
+    "hedges",  # duplicate invocations it started for stragglers
 )
+# Counters merged by maximum: a peak, or a setting that is the same for every invocation of a function.
+MAX_COUNTERS = frozenset({"max_seconds", "memory_mb"})
 # Bounds on what a response holds beyond its arrays: metrics have one entry per function *name* (coordinator,
 # allocator, processor slots), never one per invocation, so they stay small however large the tree.
 _ENVELOPE_BYTES = 4096
@@ -134,6 +144,10 @@ _I64 = np.dtype("<i8")
 # --- envelope fields --------------------------------------------------------------------------------------
 
 
+# Fields an event may leave out (older senders, hand-written events): absent means null.
+_OPTIONAL_FIELDS = frozenset({"deadline_ms"})
+
+
 class _Event:
     """One incoming event: checks the envelope, then hands out fields, naming the message in every error."""
 
@@ -142,7 +156,7 @@ class _Event:
         if not isinstance(event, dict):
             raise InvalidInputError(f"{kind}: the event must be a JSON object, got {type(event).__name__}")
         allowed = {"squash", "kind", *fields}
-        unknown, missing = sorted(set(event) - allowed), sorted(allowed - set(event))
+        unknown, missing = sorted(set(event) - allowed), sorted(allowed - set(event) - _OPTIONAL_FIELDS)
         if unknown:
             raise InvalidInputError(f"{kind}: unknown field(s) {unknown}; expected {sorted(allowed)}")
         if missing:
@@ -157,7 +171,7 @@ class _Event:
         return self.event[name]
 
     def int(self, name: str, low: int, high: int | None = None, *, optional: bool = False) -> Any:
-        value = self.event[name]
+        value = self.event.get(name) if optional else self.event[name]
         if value is None and optional:
             return None
         if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
@@ -274,7 +288,7 @@ def _check_batch(kind: str, queries: NDArray[Any], filters: FilterSet, k: int, k
         raise type(exc)(f"{kind}: field 'knobs': {exc}") from None
 
 
-_BATCH_FIELDS = ("index", "k", "knobs", "filters", "arrays")
+_BATCH_FIELDS = ("index", "k", "knobs", "filters", "arrays", "deadline_ms")
 _QUERY_ARRAYS = {"queries": (_F32, 2), "filter_of": (_I32, 1)}
 
 
@@ -287,6 +301,7 @@ class _Batch:
     filters: FilterSet
     k: int
     knobs: Mapping[str, Any]
+    deadline_ms: int | None
 
     @property
     def n_queries(self) -> int:
@@ -305,6 +320,7 @@ class _Batch:
             "knobs": dict(self.knobs),
             "filters": list(self.filters.exprs),
             "arrays": pack_arrays({"queries": self.queries, "filter_of": self.filters.of}),
+            "deadline_ms": self.deadline_ms,
         }
 
     @classmethod
@@ -316,6 +332,7 @@ class _Batch:
             "filters": FilterSet.decode(e["filters"], arrays["filter_of"], cls.KIND),
             "k": e.int("k", 1),
             "knobs": e["knobs"],
+            "deadline_ms": e.int("deadline_ms", 0, optional=True),
         }
 
 
@@ -334,6 +351,7 @@ class CoordinatorRequest(_Batch):
     k: int
     knobs: Mapping[str, Any]
     shape: TreeShape | None = None
+    deadline_ms: int | None = field(default=None, kw_only=True)  # epoch ms by which to answer; None: no limit
 
     def __post_init__(self) -> None:
         _check_batch(self.KIND, self.queries, self.filters, self.k, self.knobs)
@@ -369,6 +387,7 @@ class AllocatorRequest(_Batch):
     shape: TreeShape
     node: int
     level: int
+    deadline_ms: int | None = field(default=None, kw_only=True)  # epoch ms by which to answer; None: no limit
 
     def __post_init__(self) -> None:
         _check_batch(self.KIND, self.queries, self.filters, self.k, self.knobs)
@@ -406,6 +425,7 @@ class ProcessorRequest(_Batch):
     k: int
     knobs: Mapping[str, Any]
     partition: int
+    deadline_ms: int | None = field(default=None, kw_only=True)  # epoch ms by which to answer; None: no limit
 
     def __post_init__(self) -> None:
         _check_batch(self.KIND, self.queries, self.filters, self.k, self.knobs)
@@ -423,11 +443,43 @@ class ProcessorRequest(_Batch):
 
 # --- responses --------------------------------------------------------------------------------------------
 
+_BOOL = np.dtype("|b1")
 _RESULT_ARRAYS = {
     "ids": (_I64, 2),
     "distances": (_F32, 2),
+    "complete": (_BOOL, 1),
     **{f"stats.{name}": (_I64, 1) for name in STAT_FIELDS},
 }
+# Longest error message kept per unsearched partition, so failures cannot blow the payload limit.
+_MISSING_MESSAGE_CHARS = 500
+
+
+@dataclass(frozen=True)
+class Missing:
+    """A partition that could not be searched: its number, the error's class name and message."""
+
+    partition: int
+    error: str
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"partition": self.partition, "error": self.error, "message": self.message[:_MISSING_MESSAGE_CHARS]}
+
+    @classmethod
+    def from_json(cls, value: object, kind: str) -> Missing:
+        if (
+            not isinstance(value, dict)
+            or set(value) != {"partition", "error", "message"}
+            or isinstance(value["partition"], bool)
+            or not isinstance(value["partition"], int)
+            or value["partition"] < 0
+            or not isinstance(value["error"], str)
+            or not isinstance(value["message"], str)
+        ):
+            raise _fail(
+                kind, "missing", f"entries must be {{partition: int >= 0, error: str, message: str}}, got {value!r}"
+            )
+        return cls(value["partition"], value["error"], value["message"])
 
 
 @dataclass(frozen=True, eq=False)
@@ -440,9 +492,16 @@ class _Results:
     distances: NDArray[np.float32]
     stats: Mapping[str, NDArray[np.int64]]
     metrics: Metrics
+    # Which queries saw every partition they were routed to, and the partitions that failed (none: all).
+    complete: NDArray[np.bool_] | None = field(default=None, kw_only=True)
+    missing: tuple[Missing, ...] = field(default=(), kw_only=True)
 
     def __post_init__(self) -> None:
         kind = self.KIND
+        if self.complete is None:
+            object.__setattr__(self, "complete", np.ones(self.ids.shape[:1], dtype=bool))
+        elif self.complete.dtype != np.bool_ or self.complete.shape != self.ids.shape[:1]:
+            raise _fail(kind, "complete", f"must be bool ({self.ids.shape[0]},), got {self.complete.dtype}")
         if self.ids.dtype != np.int64 or self.ids.ndim != 2:
             raise _fail(kind, "ids", f"must be int64 (nq, k), got {self.ids.dtype} {self.ids.shape}")
         if self.distances.dtype != np.float32 or self.distances.shape != self.ids.shape:
@@ -461,12 +520,13 @@ class _Results:
         check_metrics(self.metrics, kind)
 
     def _results_event(self) -> dict[str, Any]:
-        arrays = {"ids": self.ids, "distances": self.distances}
+        arrays = {"ids": self.ids, "distances": self.distances, "complete": self.complete}
         arrays.update({f"stats.{name}": values for name, values in self.stats.items()})
         return {
             "squash": PROTOCOL_VERSION,
             "kind": self.KIND,
             "metrics": self.metrics,
+            "missing": [m.to_json() for m in self.missing],
             "arrays": pack_arrays(arrays),
         }
 
@@ -474,11 +534,16 @@ class _Results:
     def _results_fields(cls, e: _Event) -> dict[str, Any]:
         arrays = unpack_arrays(e["arrays"], cls.KIND, _RESULT_ARRAYS)
         stats = {name: arrays[f"stats.{name}"] for name in STAT_FIELDS}
+        missing = e["missing"]
+        if not isinstance(missing, list):
+            raise _fail(cls.KIND, "missing", f"must be a list, got {type(missing).__name__}")
         return {
             "ids": arrays["ids"],
             "distances": arrays["distances"],
             "stats": stats,
             "metrics": e["metrics"],
+            "complete": arrays["complete"],
+            "missing": tuple(Missing.from_json(m, cls.KIND) for m in missing),
         }
 
     @staticmethod
@@ -489,6 +554,8 @@ class _Results:
             "distances": np.concatenate([p.distances for p in parts]),
             "stats": {name: np.concatenate([p.stats[name] for p in parts]) for name in STAT_FIELDS},
             "metrics": merge_metrics(p.metrics for p in parts),
+            "complete": np.concatenate([p.complete for p in parts]),
+            "missing": tuple(m for p in parts for m in p.missing),
         }
 
 
@@ -501,7 +568,7 @@ class ProcessorResponse(_Results):
 
     @classmethod
     def from_event(cls, event: object) -> ProcessorResponse:
-        return cls(**cls._results_fields(_Event(event, cls.KIND, ("metrics", "arrays"))))
+        return cls(**cls._results_fields(_Event(event, cls.KIND, ("metrics", "missing", "arrays"))))
 
     @classmethod
     def concat(cls, parts: Sequence[ProcessorResponse]) -> ProcessorResponse:
@@ -517,7 +584,7 @@ class AllocatorResponse(_Results):
 
     @classmethod
     def from_event(cls, event: object) -> AllocatorResponse:
-        return cls(**cls._results_fields(_Event(event, cls.KIND, ("metrics", "arrays"))))
+        return cls(**cls._results_fields(_Event(event, cls.KIND, ("metrics", "missing", "arrays"))))
 
     @classmethod
     def concat(cls, parts: Sequence[AllocatorResponse]) -> AllocatorResponse:
@@ -547,7 +614,7 @@ class CoordinatorResponse(_Results):
 
     @classmethod
     def from_event(cls, event: object) -> CoordinatorResponse:
-        e = _Event(event, cls.KIND, ("metrics", "arrays", "version", "branching", "depth"))
+        e = _Event(event, cls.KIND, ("metrics", "missing", "arrays", "version", "branching", "depth"))
         shape = TreeShape(e.int("branching", 1), e.int("depth", 0))
         return cls(**cls._results_fields(e), version=e.int("version", 1), shape=shape)
 
@@ -586,14 +653,14 @@ def check_metrics(metrics: object, kind: str) -> None:
 
 
 def merge_metrics(parts: Iterable[Metrics]) -> Metrics:
-    """Sum per-function counters (max for ``max_seconds``)."""
+    """Sum per-function counters (max for `MAX_COUNTERS`)."""
     out: Metrics = {}
     for metrics in parts:
         for function, counters in metrics.items():
             into = out.setdefault(function, {"role": counters["role"]})
             for name, value in counters.items():
-                if name == "max_seconds":
-                    into[name] = max(into.get(name, 0.0), value)
+                if name in MAX_COUNTERS:
+                    into[name] = max(into.get(name, 0), value)
                 elif name != "role":
                     into[name] = into.get(name, 0) + value
     return out
@@ -604,7 +671,7 @@ def merge_metrics(parts: Iterable[Metrics]) -> Metrics:
 
 def response_bytes(n_queries: int, k: int, functions: int) -> int:
     """Upper bound on the response to ``n_queries`` queries at ``k``, with metrics of ``functions``."""
-    raw = n_queries * (k * (_I64.itemsize + _F32.itemsize) + len(STAT_FIELDS) * _I64.itemsize)
+    raw = n_queries * (k * (_I64.itemsize + _F32.itemsize) + len(STAT_FIELDS) * _I64.itemsize + _BOOL.itemsize)
     return 4 * (raw + 2) // 3 + _ENVELOPE_BYTES + functions * _BYTES_PER_FUNCTION
 
 

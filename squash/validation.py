@@ -8,13 +8,16 @@ from numpy.typing import NDArray
 from squash.errors import InvalidInputError
 
 _NUMERIC_KINDS = "iuf"
+# Largest coordinate magnitude accepted: squared distances must stay finite in float32 (max ~3.4e38) even
+# at MAX_DIM (65,536) dimensions, and 65,536 * (2 * 2**50)**2 is about 3e35.
+MAX_ABS = 2.0**50
 
 
 def as_vectors(x: object, *, name: str = "vectors", dim: int | None = None) -> NDArray[np.float32]:
     """Return ``x`` as a C-contiguous float32 matrix (n, d), or raise a clear error.
 
     A 1-D input is one vector. Checked: numeric dtype, 2-D after promotion, at least one row and
-    column, every value finite, and ``d == dim`` when ``dim`` is given.
+    column, every value finite and at most `MAX_ABS` in magnitude, and ``d == dim`` when ``dim`` is given.
     """
     try:
         arr = np.asarray(x)
@@ -35,12 +38,17 @@ def as_vectors(x: object, *, name: str = "vectors", dim: int | None = None) -> N
         raise InvalidInputError(
             f"{name} have {arr.shape[1]} dimensions but the index has {dim}; pass vectors of dimension {dim}"
         )
-    out = np.ascontiguousarray(arr, dtype=np.float32)
-    if arr.dtype.kind == "f":
-        finite = np.isfinite(out)
-        if not finite.all():
-            row = int(np.nonzero(~finite.all(axis=1))[0][0])
+    with np.errstate(over="ignore"):  # values past float32's range become inf, rejected just below
+        out = np.ascontiguousarray(arr, dtype=np.float32)
+    bounded = np.abs(out) <= MAX_ABS  # False for NaN and infinity too
+    if not bounded.all():
+        row = int(np.nonzero(~bounded.all(axis=1))[0][0])
+        if not np.isfinite(out[row]).all():
             raise InvalidInputError(
                 f"{name} contain NaN or infinite values (first at row {row}); remove or impute them"
             )
+        raise InvalidInputError(
+            f"{name} have values over the limit of {MAX_ABS:.3g} in magnitude (first at row {row}), which would "
+            "overflow float32 distances; rescale them"
+        )
     return out

@@ -75,7 +75,10 @@ class LambdaInvoker:
                 ) from exc
             if code in _TOO_LARGE:
                 raise LimitExceededError(f"the request to {function} is too large ({code}: {message})") from exc
-            raise InvocationError(f"invoking {function} failed with {code}: {message}") from exc
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            raise InvocationError(
+                f"invoking {function} failed with {code}: {message}", retryable=status >= 500
+            ) from exc
         except (ReadTimeoutError, ConnectTimeoutError) as exc:
             raise InvocationTimeoutError(f"{function} did not answer in time: {exc}") from exc
         if response.get("FunctionError"):

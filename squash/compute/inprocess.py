@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from squash.compute.base import remote_error
+from squash.compute.base import Invoker, remote_error
 from squash.config import RuntimeConfig
 from squash.errors import InvocationError, LimitExceededError
 from squash.handlers import HandlerContext, handle
@@ -43,6 +43,8 @@ class InProcessInvoker:
         }
         self._roles.update({name: "processor" for name in self.config.processor_functions})
         self._contexts: dict[str, HandlerContext] = {}
+        # The invoker the functions call their children through (a fault-injecting wrapper can take over).
+        self.children: Invoker = self
         self._lock = threading.Lock()
 
     def context(self, function: str) -> HandlerContext:
@@ -52,7 +54,9 @@ class InProcessInvoker:
                 role = self._roles.get(function)
                 if role is None:
                     raise InvocationError(f"function {function!r} does not exist; configured: {sorted(self._roles)}")
-                self._contexts[function] = HandlerContext(role, function, self.config, self, open_store=self.open_store)
+                self._contexts[function] = HandlerContext(
+                    role, function, self.config, self.children, open_store=self.open_store
+                )
             return self._contexts[function]
 
     def invoke(self, function: str, event: dict[str, Any]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ class Fault:
 class FaultInjectingStore:
     """Wraps any `ObjectStore`, passing every call through unless one of its faults fires.
 
-    It shares the wrapped store's `uri` and `stats`.
+    It shares the wrapped store's `uri` and `stats`; ``injected`` counts the faults fired.
     """
 
     def __init__(self, inner: ObjectStore, faults: Sequence[Fault]) -> None:
@@ -41,6 +41,7 @@ class FaultInjectingStore:
         self.stats = inner.stats
         self.faults = tuple(faults)
         self._counts = [0] * len(self.faults)
+        self.injected = 0
         self._lock = threading.Lock()
 
     def _fire(self, op: str, key: str) -> list[Fault]:
@@ -52,6 +53,7 @@ class FaultInjectingStore:
                     self._counts[i] += 1
                     if fault.nth is None or fault.nth == self._counts[i]:
                         fired.append(fault)
+            self.injected += len(fired)
         for fault in fired:
             if fault.error is not None:
                 raise fault.error(f"injected fault in {op} of {key!r} on {self.uri}", key=key)
