@@ -1,0 +1,80 @@
+"""The cost model's arithmetic and price overrides."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from squash.costs import ITEMS, Prices, estimate, load_prices, metrics_from_info
+from squash.errors import InvalidInputError
+
+
+def _processor(billed_ms: float = 100, **extra: float) -> dict[str, object]:
+    return {"role": "processor", "invocations": 1, "billed_ms": billed_ms, "memory_mb": 2048, **extra}
+
+
+def test_worked_example_from_the_design() -> None:
+    cost = estimate({"squash-processor-0": _processor()}, Prices(), queries=50)
+    # 2 GB x 0.1 s x $0.0000166667 + $0.2e-6 per request
+    assert cost.total == pytest.approx(2 * 0.1 * 0.0000166667 + 0.2e-6)
+    assert cost.total == pytest.approx(3.5e-6, rel=0.02)
+    assert cost.per_query == pytest.approx(7e-8, rel=0.02)
+    assert cost.per_million == pytest.approx(cost.per_query * 1e6)
+
+
+def test_breakdown_sums_to_the_total() -> None:
+    metrics = {
+        "squash-coordinator": {"role": "coordinator", "invocations": 1, "billed_ms": 30, "memory_mb": 1024, "lists": 1},
+        "squash-allocator": {"role": "allocator", "invocations": 4, "billed_ms": 80, "memory_mb": 1024, "gets": 2},
+        "squash-processor-0": _processor(cold=1, gets=7),
+    }
+    cost = estimate(metrics, Prices(init_ms_per_cold_start=150), queries=10)
+    assert sum(cost.item(i) for i in ITEMS) == pytest.approx(cost.total)
+    assert sum(cost.role(r) for r in ("coordinator", "allocator", "processor")) == pytest.approx(cost.total)
+    assert cost.item("init") == pytest.approx(2 * 0.15 * 0.0000166667)
+    assert cost.item("gets") == pytest.approx(9 * 0.0004 / 1000)
+    assert cost.item("lists") == pytest.approx(0.005 / 1000)
+
+
+def test_price_override_from_json(tmp_path) -> None:
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"architecture": "arm64", "lambda_request": 0, "ec2_hourly": [["m7g.large", 0.08, 2]]}))
+    prices = load_prices(path)
+    assert prices.gb_second == 0.0000133334 and prices.ec2_hourly == (("m7g.large", 0.08, 2),)
+    cost = estimate({"p": _processor()}, prices, queries=50)
+    assert cost.total == pytest.approx(2 * 0.1 * 0.0000133334)
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("{not json", "cannot read"),
+        ("[1, 2]", "JSON object"),
+        ('{"lambda_gb_seconds": 1}', "unknown key"),
+        ('{"s3_get": -1}', "s3_get"),
+        ('{"s3_get": "cheap"}', "s3_get"),
+        ('{"architecture": "risc-v"}', "architecture"),
+    ],
+)
+def test_bad_price_file_is_a_clear_error(tmp_path, text: str, words: str) -> None:
+    path = tmp_path / "p.json"
+    path.write_text(text)
+    with pytest.raises(InvalidInputError, match=words):
+        load_prices(path)
+
+
+def test_missing_file_and_unpriceable_metrics(tmp_path) -> None:
+    with pytest.raises(InvalidInputError, match="cannot read"):
+        load_prices(tmp_path / "absent.json")
+    with pytest.raises(InvalidInputError, match="billed_ms"):
+        estimate({"p": {"role": "processor", "invocations": 1}}, Prices(), queries=1)
+
+
+def test_metrics_from_client_info() -> None:
+    info = {"seconds": 1.0, "function.squash-allocator.billed_ms": 5, "function.squash-processor-3.billed_ms": 7}
+    metrics = metrics_from_info(info)
+    assert metrics == {
+        "squash-allocator": {"role": "allocator", "billed_ms": 5},
+        "squash-processor-3": {"role": "processor", "billed_ms": 7},
+    }
