@@ -10,9 +10,11 @@ from squash.errors import SquashError
 
 # name -> (module, one-line help); `squash bench NAME ...` passes its arguments to module.run(argv).
 BENCHMARKS = {
+    "cost": ("squash.bench.cost", "QPS, recall and $ per query vs allocators; cost vs S3 Vectors, turbopuffer, EC2"),
     "osq": ("squash.bench.osq", "OSQ recall and encode speed vs faiss SQ/PQ at equal bytes"),
     "partition": ("squash.bench.partition", "balanced k-means time, balance and neighbour locality"),
     "search": ("squash.bench.search", "filtered QPS vs recall@10: Squash, faiss IVF, hnswlib, numpy"),
+    "soak": ("squash.bench.soak", "N concurrent clients on the local stack for M seconds: errors, latency, RSS"),
 }
 # Modules with register(subparsers) adding their own subcommands.
 COMMAND_MODULES = ("squash.demo", "squash.cli_index", "squash.local.cli")
