@@ -70,16 +70,13 @@ class AttributeSchema:
         for spec in self.fields:
             _check_name(spec.name)
             if spec.name in seen:
-                raise InvalidInputError(
-                    f"attribute {spec.name!r} appears twice; attribute names must be unique"
-                )
+                raise InvalidInputError(f"attribute {spec.name!r} appears twice; attribute names must be unique")
             seen.add(spec.name)
             if not isinstance(spec.type, AttrType):
                 raise InvalidInputError(f"attribute {spec.name!r} has type {spec.type!r}, not an AttrType")
             if spec.type is not AttrType.CATEGORY and spec.categories:
                 raise InvalidInputError(
-                    f"attribute {spec.name!r} of type {spec.type} has categories; "
-                    "only category attributes have them"
+                    f"attribute {spec.name!r} of type {spec.type} has categories; only category attributes have them"
                 )
             if not all(isinstance(c, str) for c in spec.categories):
                 raise InvalidInputError(f"categories of attribute {spec.name!r} must all be strings")
@@ -166,8 +163,7 @@ def normalize_attributes(attributes: Any, n: int) -> tuple[AttributeSchema, dict
         names, columns = list(attributes.keys()), list(attributes.values())
     else:
         raise InvalidInputError(
-            f"attributes must be None, a pyarrow.Table or a dict of name -> 1-D array, "
-            f"not {type(attributes).__name__}"
+            f"attributes must be None, a pyarrow.Table or a dict of name -> 1-D array, not {type(attributes).__name__}"
         )
     specs, raw = [], {}
     for name, column in zip(names, columns, strict=True):
@@ -300,15 +296,9 @@ class AttributeQuantizer:
     def __post_init__(self) -> None:
         a = len(self.schema)
         if not len(self.cell_lo) == len(self.cell_hi) == len(self.boundaries) == a:
-            raise InvalidInputError(
-                f"attribute quantizer needs cell_lo, cell_hi, boundaries for {a} attributes"
-            )
-        for name, lo, hi, b in zip(
-            self.schema.names, self.cell_lo, self.cell_hi, self.boundaries, strict=True
-        ):
-            if not all(
-                isinstance(x, np.ndarray) and x.dtype == np.float64 and x.ndim == 1 for x in (lo, hi, b)
-            ):
+            raise InvalidInputError(f"attribute quantizer needs cell_lo, cell_hi, boundaries for {a} attributes")
+        for name, lo, hi, b in zip(self.schema.names, self.cell_lo, self.cell_hi, self.boundaries, strict=True):
+            if not all(isinstance(x, np.ndarray) and x.dtype == np.float64 and x.ndim == 1 for x in (lo, hi, b)):
                 raise InvalidInputError(f"quantizer arrays of attribute {name!r} must be 1-D float64")
             cells = lo.shape[0]
             if not 1 <= cells <= 2**MAX_BITS or hi.shape[0] != cells or b.shape[0] != cells - 1:
@@ -387,9 +377,7 @@ class AttributeQuantizer:
         return cls(AttributeSchema.from_dict(d["schema"]), **arrays)
 
 
-def _column_length(
-    schema: AttributeSchema, raw: Mapping[str, np.ndarray], n: int | None = None
-) -> int | None:
+def _column_length(schema: AttributeSchema, raw: Mapping[str, np.ndarray], n: int | None = None) -> int | None:
     """Common length of the schema's raw columns (``n`` if given and there are none), checking shapes."""
     for name in schema.names:
         if name not in raw:

@@ -29,30 +29,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help=".npy, .fvecs, .bvecs, .ivecs, .parquet, .arrow or .feather (several are concatenated)",
     )
-    build.add_argument(
-        "--attributes", metavar="FILE", help=".parquet, .arrow or .feather, one row per vector"
-    )
+    build.add_argument("--attributes", metavar="FILE", help=".parquet, .arrow or .feather, one row per vector")
     build.add_argument(
         "--out", required=True, metavar="URI", help="memory://, file:///path, a path or s3://bucket/prefix"
     )
     build.add_argument("--metric", default="l2", choices=[m.value for m in Metric])
-    build.add_argument(
-        "--partitions", type=int, help="number of partitions (default: about 100k vectors each)"
-    )
-    build.add_argument(
-        "--bits-per-dim", type=float, default=4.0, help="average OSQ bits per dimension (default 4)"
-    )
+    build.add_argument("--partitions", type=int, help="number of partitions (default: about 100k vectors each)")
+    build.add_argument("--bits-per-dim", type=float, default=4.0, help="average OSQ bits per dimension (default 4)")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--workers", type=int, help="threads for the build (default: one per core)")
-    build.add_argument(
-        "--overwrite", action="store_true", help="publish a new version over an existing index"
-    )
+    build.add_argument("--overwrite", action="store_true", help="publish a new version over an existing index")
     build.add_argument("--quiet", action="store_true", help="no progress bars")
     build.set_defaults(handler=_build)
 
-    info = subparsers.add_parser(
-        "info", help="describe a stored index", description="Describe a stored index."
-    )
+    info = subparsers.add_parser("info", help="describe a stored index", description="Describe a stored index.")
     info.add_argument("uri", metavar="URI")
     info.add_argument("--version", type=int, help="a published version (default: the latest)")
     info.set_defaults(handler=_info)

@@ -71,7 +71,11 @@ class CorruptObjectError(StorageError):
 
 
 class InvocationError(SquashError):
-    """A function invocation failed."""
+    """A function invocation failed; ``retryable`` marks a transient service fault (a 5xx) worth retrying."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class ThrottledInvocationError(InvocationError):
@@ -83,4 +87,11 @@ class InvocationTimeoutError(InvocationError):
 
 
 class IncompleteResultError(SquashError):
-    """Some partitions of a query could not be searched, so its result would be incomplete."""
+    """Some partitions of a query could not be searched, so its result would be incomplete.
+
+    ``partitions`` lists them when known (sorted).
+    """
+
+    def __init__(self, message: str, *, partitions: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.partitions = partitions

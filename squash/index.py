@@ -24,9 +24,7 @@ class Index:
         (3, 5)
     """
 
-    def __init__(
-        self, meta: IndexMeta, load: Callable[[int], PartitionData], *, version: int | None = None
-    ) -> None:
+    def __init__(self, meta: IndexMeta, load: Callable[[int], PartitionData], *, version: int | None = None) -> None:
         self.meta = meta
         self.version = version
         self._load = load

@@ -62,9 +62,7 @@ def read_vectors(source: object, *, progress: Progress | None = None) -> VectorI
     try:
         vectors = np.asarray(source)
     except (TypeError, ValueError) as e:
-        raise InvalidInputError(
-            f"vectors must be a numeric 2-D array; could not convert them ({e})"
-        ) from None
+        raise InvalidInputError(f"vectors must be a numeric 2-D array; could not convert them ({e})") from None
     _check_matrix(vectors, "the vectors array")
     _check_finite(vectors, "the vectors array", progress)
     return VectorInput(vectors, None, "the vectors array")
@@ -183,8 +181,7 @@ def _dataset(path: Path, allowed: Sequence[str], role: str) -> Any:
     suffix = path.suffix.lower()
     if suffix not in allowed or suffix not in _TABLE_FORMATS:
         raise InvalidInputError(
-            f"{role} file {path} has an unknown type {suffix or '(no extension)'!r}; "
-            f"supported: {', '.join(allowed)}"
+            f"{role} file {path} has an unknown type {suffix or '(no extension)'!r}; supported: {', '.join(allowed)}"
         )
     if not path.is_file():
         raise InvalidInputError(f"{role} file {path} does not exist or is not a file; check the path")
@@ -303,9 +300,7 @@ def _concatenate(inputs: Sequence[VectorInput]) -> VectorInput:
                 f"{other.source} has {other.vectors.shape[1]}; all vector files of one index must match"
             )
         if (other.attributes is None) != (first.attributes is None):
-            raise InvalidInputError(
-                f"{first.source} and {other.source} differ in whether they carry attribute columns"
-            )
+            raise InvalidInputError(f"{first.source} and {other.source} differ in whether they carry attribute columns")
     uint8 = all(i.vectors.dtype == np.uint8 for i in inputs)
     vectors = np.concatenate([i.vectors for i in inputs], dtype=np.uint8 if uint8 else np.float32)
     attributes = None

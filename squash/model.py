@@ -35,9 +35,7 @@ class Metric(StrEnum):
         try:
             return cls(str(value).lower())
         except ValueError:
-            raise InvalidInputError(
-                f"unknown metric {value!r}; use one of {', '.join(m.value for m in cls)}"
-            ) from None
+            raise InvalidInputError(f"unknown metric {value!r}; use one of {', '.join(m.value for m in cls)}") from None
 
 
 @dataclass(frozen=True)

@@ -97,14 +97,8 @@ def balanced_kmeans(
             f"cannot split {n} vectors into {p} partitions: every partition needs at least one vector; "
             f"use n_partitions <= {n} (default_partitions(n) picks one)"
         )
-    if (
-        isinstance(tolerance, bool)
-        or not isinstance(tolerance, int | float | np.floating)
-        or not 0 < tolerance < 1
-    ):
-        raise InvalidInputError(
-            f"tolerance must be a number strictly between 0 and 1 (0.10 = ±10%); got {tolerance!r}"
-        )
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int | float | np.floating) or not 0 < tolerance < 1:
+        raise InvalidInputError(f"tolerance must be a number strictly between 0 and 1 (0.10 = ±10%); got {tolerance!r}")
     if sample_size is not None and _check_int(sample_size, "sample_size", 1) < p:
         raise InvalidInputError(
             f"sample_size ({sample_size}) is smaller than n_partitions ({p}); use a larger sample_size "
@@ -168,14 +162,8 @@ def _check_vectors(vectors: NDArray[np.generic], name: str) -> NDArray[np.generi
             f"{name} must be a non-empty 2-D array (n, d); got shape {x.shape}. "
             "Reshape a single vector with v.reshape(1, -1)."
         )
-    if (
-        x.dtype == np.bool_
-        or not np.issubdtype(x.dtype, np.number)
-        or np.issubdtype(x.dtype, np.complexfloating)
-    ):
-        raise InvalidInputError(
-            f"{name} must hold real numbers (float32, float64, uint8, ...); got dtype {x.dtype}"
-        )
+    if x.dtype == np.bool_ or not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise InvalidInputError(f"{name} must hold real numbers (float32, float64, uint8, ...); got dtype {x.dtype}")
     if np.issubdtype(x.dtype, np.floating):
         for sl in _row_blocks(x.shape[0], _BLOCK_ROWS, x.shape[1]):
             # Check after the float32 cast: float64 values beyond float32's range become inf there.
@@ -266,9 +254,7 @@ def _nearest_k(
     return ids, dists
 
 
-def _kmeans_plus_plus(
-    x: NDArray[np.generic], p: int, rng: np.random.Generator, block_rows: int
-) -> NDArray[np.float32]:
+def _kmeans_plus_plus(x: NDArray[np.generic], p: int, rng: np.random.Generator, block_rows: int) -> NDArray[np.float32]:
     """Greedy k-means++: each centre is the best of 2 + log(P) D²-weighted draws (as scikit-learn)."""
     n = x.shape[0]
     trials = 2 + int(math.log(p))
@@ -333,9 +319,7 @@ def _means(
         # One contiguous slice per label after sorting: a loop over labels, each a vectorised column sum,
         # is several times faster than np.add.at, reduceat or a one-hot product here.
         for label in np.flatnonzero(block_counts):
-            sums[label] += block[ends[label] - block_counts[label] : ends[label]].sum(
-                axis=0, dtype=np.float64
-            )
+            sums[label] += block[ends[label] - block_counts[label] : ends[label]].sum(axis=0, dtype=np.float64)
     return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
 
 
@@ -387,9 +371,7 @@ class _Repair:
         missing = np.flatnonzero(~is_receiver[np.arange(len(rows)), first])
         if len(missing):
             receivers = np.flatnonzero(take > 0)
-            choice, d_new[missing] = _nearest(
-                self.x, self.centroids[receivers], self.block_rows, rows[missing]
-            )
+            choice, d_new[missing] = _nearest(self.x, self.centroids[receivers], self.block_rows, rows[missing])
             target[missing] = receivers[choice]
         extra = d_new - self.d_own[rows]
         source = self.assignment[rows]

@@ -197,8 +197,7 @@ def _check_local_writable(root: Path) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise InvalidInputError(
-            f"cannot write an index to {root}: {existing} is a file, not a directory; "
-            "choose another destination"
+            f"cannot write an index to {root}: {existing} is a file, not a directory; choose another destination"
         )
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InvalidInputError(

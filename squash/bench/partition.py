@@ -38,9 +38,7 @@ def _sample_size(text: str) -> int | None:
     return None if text == "all" else int(text)
 
 
-def locality(
-    centroids: np.ndarray, assignment: np.ndarray, queries: np.ndarray, truth: np.ndarray
-) -> list[float]:
+def locality(centroids: np.ndarray, assignment: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> list[float]:
     """For m in PROBES: mean fraction of the true neighbours in the query's m nearest partitions."""
     q = np.asarray(queries, dtype=np.float64)
     c = centroids.astype(np.float64)
@@ -109,19 +107,13 @@ def run(argv: list[str] | None = None) -> int:
             continue
         queries = np.load(path / "queries.npy")[: args.queries]
         truth = np.load(path / "gt_ids.npy")[: args.queries, :K]
-        table += _rows(
-            name, np.load(path / "base.npy"), queries, truth, args.partitions, args.samples, args.seed
-        )
+        table += _rows(name, np.load(path / "base.npy"), queries, truth, args.partitions, args.samples, args.seed)
 
     start = time.perf_counter()
-    synthetic = synthetic_clustered(
-        args.n, 128, n_queries=200, clusters=args.clusters, attributes=0, seed=args.seed
-    )
+    synthetic = synthetic_clustered(args.n, 128, n_queries=200, clusters=args.clusters, attributes=0, seed=args.seed)
     truth, _ = exact_knn(synthetic.base, synthetic.queries, K)
     print(f"synthetic set and its ground truth: {time.perf_counter() - start:.1f} s")
-    table += _rows(
-        synthetic.name, synthetic.base, synthetic.queries, truth, args.partitions, args.samples, args.seed
-    )
+    table += _rows(synthetic.name, synthetic.base, synthetic.queries, truth, args.partitions, args.samples, args.seed)
 
     print(f"\n### Balanced k-means (tolerance ±10%), locality = true top-{K} in the nearest m partitions\n")
     print(markdown_table(HEADERS, table))

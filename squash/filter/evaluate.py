@@ -66,12 +66,7 @@ class CompiledFilter:
     def cell_states(self, codes: np.ndarray) -> np.ndarray:
         """Three-valued state per row: (n, A) uint8 codes -> (n,) uint8 of NONE, PARTIAL or FULL."""
         a = len(self.quantizer.schema)
-        if (
-            not isinstance(codes, np.ndarray)
-            or codes.dtype != np.uint8
-            or codes.ndim != 2
-            or codes.shape[1] != a
-        ):
+        if not isinstance(codes, np.ndarray) or codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != a:
             raise InvalidInputError(f"attribute codes must be a uint8 array of shape (n, {a})")
         return _states(self._root, codes)
 
@@ -90,9 +85,7 @@ class CompiledFilter:
 
         return _exact(self.predicate, column)
 
-    def matches(
-        self, codes: np.ndarray, raw: Mapping[str, np.ndarray], rows: np.ndarray | None = None
-    ) -> np.ndarray:
+    def matches(self, codes: np.ndarray, raw: Mapping[str, np.ndarray], rows: np.ndarray | None = None) -> np.ndarray:
         """Exact bool mask over ``rows`` (as in :meth:`exact`), reading raw values only for PARTIAL rows."""
         if rows is not None:
             rows = np.asarray(rows)
@@ -170,9 +163,7 @@ class CompiledFilter:
         return states
 
 
-def compile_filter(
-    expr: Any, schema: AttributeSchema, quantizer: AttributeQuantizer
-) -> CompiledFilter | None:
+def compile_filter(expr: Any, schema: AttributeSchema, quantizer: AttributeQuantizer) -> CompiledFilter | None:
     """Parse ``expr`` against ``schema`` and compile it for ``quantizer``; None when there is no filter."""
     if quantizer.schema != schema:
         raise InvalidInputError("the attribute quantizer was fitted for a different schema than the filter's")

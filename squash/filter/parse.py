@@ -106,9 +106,7 @@ class _Parser:
 
     def filter(self, expr: Any, depth: int, path: str) -> Predicate:
         if depth > MAX_DEPTH:
-            raise FilterError(
-                f"{path}: filter nested deeper than the limit of {MAX_DEPTH} levels; flatten it"
-            )
+            raise FilterError(f"{path}: filter nested deeper than the limit of {MAX_DEPTH} levels; flatten it")
         if not isinstance(expr, Mapping):
             raise FilterError(f"{path}: expected a filter object (dict), got {type(expr).__name__}")
         if not expr:
@@ -147,9 +145,7 @@ class _Parser:
     def leaf(self, attribute: int, op: Any, operand: Any, path: str) -> Predicate:
         self.leaves += 1
         if self.leaves > MAX_LEAVES:
-            raise FilterError(
-                f"{path}: filter has more than the limit of {MAX_LEAVES} conditions; simplify it"
-            )
+            raise FilterError(f"{path}: filter has more than the limit of {MAX_LEAVES} conditions; simplify it")
         spec = self.schema.fields[attribute]
         if op in ("$in", "$nin"):
             if not isinstance(operand, list | tuple) or not operand:
@@ -158,9 +154,7 @@ class _Parser:
             node = In(spec.name, attribute, tuple(float(v) for v in values))
             return node if op == "$in" else Not(node)
         if op not in _FIELD_OPS:
-            raise FilterError(
-                f"{path}: unknown operator {op!r}; valid field operators: {', '.join(_FIELD_OPS)}"
-            )
+            raise FilterError(f"{path}: unknown operator {op!r}; valid field operators: {', '.join(_FIELD_OPS)}")
         op = Op(op)
         if op in _RANGE_OPS and spec.type in (AttrType.BOOL, AttrType.CATEGORY):
             raise FilterError(
@@ -193,9 +187,7 @@ class _Parser:
         if math.isnan(number):
             raise FilterError(f"{path}: NaN operand for attribute {spec.name!r}; NaN never compares true")
         if math.isinf(number):
-            raise FilterError(
-                f"{path}: non-finite operand {number} for attribute {spec.name!r}; give a finite one"
-            )
+            raise FilterError(f"{path}: non-finite operand {number} for attribute {spec.name!r}; give a finite one")
         if spec.type is AttrType.INT and not number.is_integer():
             raise FilterError(f"{path}: int attribute {spec.name!r} takes integers, not {value!r}; round it")
         return number
@@ -209,7 +201,5 @@ class _Parser:
         if code is None:
             shown = ", ".join(repr(c) for c in spec.categories[:20])
             more = f", ... ({len(spec.categories)} in total)" if len(spec.categories) > 20 else ""
-            raise FilterError(
-                f"{path}: unknown category {value!r} of attribute {spec.name!r}; known: {shown}{more}"
-            )
+            raise FilterError(f"{path}: unknown category {value!r} of attribute {spec.name!r}; known: {shown}{more}")
         return float(code)

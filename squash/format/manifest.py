@@ -121,9 +121,7 @@ def encode_manifest(m: Manifest) -> bytes:
     try:
         data = msgpack.packb(body, use_bin_type=True)
     except TypeError as e:
-        raise InvalidInputError(
-            f"index parameters must be plain numbers, strings, lists or maps: {e}"
-        ) from None
+        raise InvalidInputError(f"index parameters must be plain numbers, strings, lists or maps: {e}") from None
     head = MAGIC + struct.pack("<I", MANIFEST_FORMAT_VERSION)
     return head + struct.pack("<I", zlib.crc32(data, zlib.crc32(head))) + data
 
@@ -149,9 +147,7 @@ def decode_manifest(data: bytes, key: str, version: int) -> Manifest:
     except (ValueError, TypeError, KeyError, AttributeError, msgpack.UnpackException) as e:
         raise CorruptObjectError(f"manifest {key!r} is malformed: {e}", key=key) from None
     if manifest.version != version:
-        raise CorruptObjectError(
-            f"manifest {key!r} says it is version {manifest.version}, not {version}", key=key
-        )
+        raise CorruptObjectError(f"manifest {key!r} says it is version {manifest.version}, not {version}", key=key)
     return manifest
 
 
@@ -171,11 +167,7 @@ def _from_body(body: Any) -> Manifest:
     schema = AttributeSchema.from_dict(body["schema"])
     if centroids.shape != (p, dim) or sizes.shape != (p,) or histograms.shape[:2] != (p, len(schema)):
         raise ValueError("centroids, sizes or histograms do not match the partition table")
-    if (
-        [e.rows for e in partitions] != sizes.tolist()
-        or int(sizes.sum()) != n_vectors
-        or routing.rows != n_vectors
-    ):
+    if [e.rows for e in partitions] != sizes.tolist() or int(sizes.sum()) != n_vectors or routing.rows != n_vectors:
         raise ValueError("partition row counts do not add up")
     if body["vector_dtype"] not in ("|u1", "<f4"):
         raise ValueError(f"unsupported vector dtype {body['vector_dtype']!r}")

@@ -45,9 +45,7 @@ def load_manifest(store: ObjectStore, version: int | None = None) -> Manifest:
         data = store.get(key)
     except ObjectNotFoundError:
         available = ", ".join(map(str, list_versions(store))) or "none"
-        raise IndexNotFoundError(
-            f"index at {store.uri} has no version {version} (available: {available})"
-        ) from None
+        raise IndexNotFoundError(f"index at {store.uri} has no version {version} (available: {available})") from None
     return decode_manifest(data, key, version)
 
 
@@ -116,17 +114,13 @@ class StoredIndex:
             self.meta.dim,
             self.manifest.vector_dtype,
         ):
-            raise CorruptObjectError(
-                f"partition object {entry.key!r} holds the wrong partition", key=entry.key
-            )
+            raise CorruptObjectError(f"partition object {entry.key!r} holds the wrong partition", key=entry.key)
         return part
 
     def partition_header(self, partition: int) -> ContainerHeader:
         """The verified header of one partition object (one ranged GET of ``header_size`` bytes)."""
         entry = self._entry(partition)
-        header = unpack_header(
-            self.store.get(entry.key, (0, entry.header_size)), entry.key, partition_object.MAGIC
-        )
+        header = unpack_header(self.store.get(entry.key, (0, entry.header_size)), entry.key, partition_object.MAGIC)
         _check_pinned(entry, header)
         return header
 

@@ -40,9 +40,7 @@ MAX_HEADER_LEN = 16 << 20
 _PREFIX = struct.Struct("<8sIIQII")
 _CRC_AT = 28
 # Sections hold plain numbers only: no object, string or big-endian dtypes ever come out of a stored header.
-ALLOWED_DTYPES = frozenset(
-    {"|u1", "|i1", "|b1", "<u2", "<i2", "<u4", "<i4", "<u8", "<i8", "<f2", "<f4", "<f8"}
-)
+ALLOWED_DTYPES = frozenset({"|u1", "|i1", "|b1", "<u2", "<i2", "<u4", "<i4", "<u8", "<i8", "<f2", "<f4", "<f8"})
 _SECTION_KEYS = frozenset({"name", "dtype", "shape", "offset", "nbytes", "crc32"})
 
 
@@ -87,9 +85,7 @@ def little_endian(array: NDArray[Any]) -> NDArray[Any]:
     return out
 
 
-def pack(
-    magic: bytes, meta: Mapping[str, Any], arrays: Mapping[str, NDArray[Any]]
-) -> tuple[bytes, ContainerHeader]:
+def pack(magic: bytes, meta: Mapping[str, Any], arrays: Mapping[str, NDArray[Any]]) -> tuple[bytes, ContainerHeader]:
     """Serialise ``arrays`` (in order) with ``meta`` into one object; return its bytes and header.
 
     The arrays are copied once, into the returned bytes.
@@ -143,9 +139,7 @@ def _section(row: Mapping[str, Any]) -> Section:
 def header_extent(prefix: bytes, key: str, magic: bytes) -> int:
     """Bytes at the start of the object that hold the whole header, from its first `PREFIX_SIZE` bytes."""
     if len(prefix) < PREFIX_SIZE:
-        raise CorruptObjectError(
-            f"object {key!r} is truncated: {len(prefix)} bytes, no complete header", key=key
-        )
+        raise CorruptObjectError(f"object {key!r} is truncated: {len(prefix)} bytes, no complete header", key=key)
     found, _, _, total_size, header_len, _ = _PREFIX.unpack_from(prefix)
     if found != magic:
         raise CorruptObjectError(

@@ -137,9 +137,7 @@ def _publish(store: ObjectStore, manifest: Manifest, *, overwrite: bool) -> Writ
         except PreconditionFailedError:
             continue
         return WriteResult(version, key, len(data), final)
-    raise StorageError(
-        f"could not publish a manifest at {store.uri}: {_PUBLISH_ATTEMPTS} other builds published first"
-    )
+    raise StorageError(f"could not publish a manifest at {store.uri}: {_PUBLISH_ATTEMPTS} other builds published first")
 
 
 def _discard(store: ObjectStore, keys: Sequence[str]) -> None:

@@ -30,9 +30,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     up.add_argument("--template", type=Path, default=Path("template.yaml"), help="SAM template")
     up.add_argument("--workers", type=int, default=2, help="warm workers per function (default 2)")
     up.add_argument("--prewarm", action="store_true", help="start every worker before serving")
-    up.add_argument(
-        "--parameter", action="append", default=[], metavar="KEY=VALUE", help="template parameter override"
-    )
+    up.add_argument("--parameter", action="append", default=[], metavar="KEY=VALUE", help="template parameter override")
     up.add_argument("--env-file", type=Path, default=DEFAULT_ENV_FILE, help="where to write the exports")
     up.set_defaults(handler=_up)
     down = actions.add_parser("down", help="stop the stack started by `squash local up`")
@@ -79,9 +77,7 @@ def _up(args: argparse.Namespace) -> int:
     pid_file = _pid_file(args.env_file)
     pid = _read_pid(pid_file)
     if pid is not None and _running(pid):
-        raise InvalidInputError(
-            f"a local stack is already running (pid {pid}); stop it with `squash local down`"
-        )
+        raise InvalidInputError(f"a local stack is already running (pid {pid}); stop it with `squash local down`")
     parameters = dict(item.split("=", 1) for item in args.parameter if "=" in item)
     if len(parameters) != len(args.parameter):
         raise InvalidInputError("--parameter takes KEY=VALUE")

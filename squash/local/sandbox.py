@@ -269,11 +269,7 @@ class Sandbox:
             invocation = self._assigned
         if invocation is not None:
             # Worded as the AWS runtime words it ("signal: killed", "exit status 1").
-            reason = (
-                f"signal: {(signal.strsignal(-code) or str(-code)).lower()}"
-                if code < 0
-                else f"exit status {code}"
-            )
+            reason = f"signal: {(signal.strsignal(-code) or str(-code)).lower()}" if code < 0 else f"exit status {code}"
             message = f"RequestId: {invocation.request_id} Error: Runtime exited with error: {reason}"
             invocation.finish(error_result("Runtime.ExitError", message))
         self.ready.set()  # wake anyone waiting for an init that will never finish

@@ -50,9 +50,10 @@ def allocate_bits(
 ) -> BitAllocation:
     """Spend ``budget`` bits one at a time on the dimension of highest remaining energy.
 
-    Each bit divides the chosen dimension's energy by :data:`ENERGY_DIVISOR`. A dimension leaves the race at ``MAX_BITS`` bits, when another bit
-    would exceed ``capacity`` (its usable bits, e.g. floor(log2(distinct values))), or when its
-    energy is negligible, so no bit is wasted on a saturated dimension.
+    Each bit divides the chosen dimension's energy by :data:`ENERGY_DIVISOR`. A dimension leaves the
+    race at ``MAX_BITS`` bits, when another bit would exceed ``capacity`` (its usable bits, e.g.
+    floor(log2(distinct values))), or when its energy is negligible, so no bit is wasted on a
+    saturated dimension.
 
     Because every dimension's sequence e, e/r, e/r^2, ... is decreasing, the greedy choice equals
     taking the ``budget`` largest entries of all sequences (ties: lower dimension first), which is

@@ -18,9 +18,7 @@ from squash.osq.cells import CellTable
 from squash.osq.packing import SegmentLayout
 
 
-def l2_tables(
-    q_rot: NDArray[np.float32], cells: CellTable
-) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+def l2_tables(q_rot: NDArray[np.float32], cells: CellTable) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
     """Lower and upper squared-L2 tables (nq, D, cells) for rotated queries (nq, D)."""
     q = q_rot[:, :, None]
     below = cells.lo[None] - q
@@ -36,9 +34,7 @@ def representative_tables(q_rot: NDArray[np.float32], cells: CellTable) -> NDArr
     return diff * diff
 
 
-def ip_tables(
-    q_dir: NDArray[np.float32], cells: CellTable
-) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+def ip_tables(q_dir: NDArray[np.float32], cells: CellTable) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
     """Lower and upper tables (nq, D, cells) of -q'_d * z_d for direction-rotated queries."""
     q = q_dir[:, :, None]
     a = -q * cells.lo[None]

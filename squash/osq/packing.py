@@ -66,9 +66,7 @@ class SegmentLayout:
         low = segments[s + 1] if rows is None else segments[s + 1, rows]
         return ((high & ((1 << (8 - r)) - 1)) << spill) | (low >> (8 - spill))
 
-    def unpack(
-        self, segments: NDArray[np.uint8], rows: NDArray[np.integer] | None = None
-    ) -> NDArray[np.uint8]:
+    def unpack(self, segments: NDArray[np.uint8], rows: NDArray[np.integer] | None = None) -> NDArray[np.uint8]:
         """All codes (m, D) of ``rows``, one dimension at a time."""
         n = segments.shape[1] if rows is None else len(rows)
         codes = np.zeros((n, self.bits.shape[0]), dtype=np.uint8)

@@ -29,9 +29,7 @@ def group_by_partition(plans: list[NDArray[np.int64]]) -> dict[int, NDArray[np.i
     order = np.argsort(parts, kind="stable")
     parts, queries = parts[order], queries[order]
     cuts = np.flatnonzero(np.diff(parts)) + 1
-    return {
-        int(p[0]): q for p, q in zip(np.split(parts, cuts), np.split(queries, cuts), strict=True) if len(p)
-    }
+    return {int(p[0]): q for p, q in zip(np.split(parts, cuts), np.split(queries, cuts), strict=True) if len(p)}
 
 
 def search(

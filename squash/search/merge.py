@@ -8,9 +8,7 @@ from numpy.typing import NDArray
 _FULL_SORT_LIMIT = 4096
 
 
-def top_k(
-    ids: NDArray[np.int64], dists: NDArray[np.float32], k: int
-) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+def top_k(ids: NDArray[np.int64], dists: NDArray[np.float32], k: int) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
     """Best ``k`` of each row of (nq, m) candidates, sorted by (distance, id); pads with (-1, inf)."""
     nq, m = ids.shape
     out_ids = np.full((nq, k), -1, dtype=np.int64)

@@ -69,9 +69,7 @@ class PreparedPartition:
     prefix: NDArray[np.float32] = field(init=False)
     prefix_norms: NDArray[np.float32] = field(init=False)
     cells: FlatCells = field(init=False)
-    _postings: dict[int, tuple[NDArray[np.int32], NDArray[np.int64]]] = field(
-        init=False, default_factory=dict
-    )
+    _postings: dict[int, tuple[NDArray[np.int32], NDArray[np.int64]]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         codes = self.data.attr_codes
@@ -85,9 +83,7 @@ class PreparedPartition:
         lead = RotationPrefix(rotation.mean, rotation.matrix[:, :d0])
         vectors = self.data.vectors
         self.prefix = (
-            np.concatenate(
-                [lead.apply(vectors[i : i + _BLOCK_ROWS]) for i in range(0, self.size, _BLOCK_ROWS)]
-            )
+            np.concatenate([lead.apply(vectors[i : i + _BLOCK_ROWS]) for i in range(0, self.size, _BLOCK_ROWS)])
             if self.size
             else np.zeros((0, d0), dtype=np.float32)
         )

@@ -37,9 +37,7 @@ def canonical_filter(expr: Any) -> str:
     try:
         return json.dumps(expr, sort_keys=True, allow_nan=True)
     except (TypeError, ValueError) as exc:
-        raise FilterError(
-            f"filter is not JSON-compatible ({exc}); use dicts, lists, strings and numbers"
-        ) from exc
+        raise FilterError(f"filter is not JSON-compatible ({exc}); use dicts, lists, strings and numbers") from exc
 
 
 def compile_filters(filter: Any, nq: int, meta: IndexMeta) -> list[CompiledFilter | None]:

@@ -30,12 +30,15 @@ class SearchResult:
     Distances are exact: squared L2 for ``l2``, the negated inner product for ``ip``, and
     1 - cosine similarity for ``cosine``. ``stats`` maps each name in :data:`STAT_FIELDS` to an
     int64 array (nq,); ``info`` carries run-level figures (timings, invocations, bytes read).
+    ``complete`` bool (nq,) says which queries searched every partition they were routed to; only
+    ``Client.query_batch(..., allow_partial=True)`` can return False (None: all complete).
     """
 
     ids: NDArray[np.int64]
     distances: NDArray[np.float32]
     stats: dict[str, NDArray[np.int64]]
     info: dict[str, float] = field(default_factory=dict)
+    complete: NDArray[np.bool_] | None = None
 
     @property
     def counts(self) -> NDArray[np.int64]:

@@ -94,9 +94,7 @@ class _QueryCodes:
             rotated = rotation.apply_direction(queries)
             q = rotated[:, cells.dims]
             self.tail = np.minimum(-q * cells.lo, -q * cells.hi)
-            self.offset = (-(queries.astype(np.float64) @ rotation.mean.astype(np.float64))[:, None]).astype(
-                np.float32
-            )
+            self.offset = (-(queries.astype(np.float64) @ rotation.mean.astype(np.float64))[:, None]).astype(np.float32)
         else:
             rotated = rotation.apply(queries)
             q = rotated[:, cells.dims]
@@ -189,9 +187,7 @@ def _pruned(
     return rows
 
 
-def _tail_bounds(
-    part: PreparedPartition, tables: NDArray[np.float32], rows: NDArray[np.int64]
-) -> NDArray[np.float32]:
+def _tail_bounds(part: PreparedPartition, tables: NDArray[np.float32], rows: NDArray[np.int64]) -> NDArray[np.float32]:
     """OSQ lower bounds (nq, m) over the dimensions after the prefix, from flat tables (nq, cells).
 
     Codes are extracted one dimension at a time (never decoding whole vectors) into one index array,

@@ -49,9 +49,7 @@ def open_store(uri: str, *, s3_client: Any = None) -> ObjectStore:
 def _file_path(uri: str) -> str:
     parts = urlsplit(uri)
     if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
-        raise InvalidInputError(
-            f"file URI {uri!r} must name an absolute local path, as in file:///data/index"
-        )
+        raise InvalidInputError(f"file URI {uri!r} must name an absolute local path, as in file:///data/index")
     if parts.query or parts.fragment:
         raise InvalidInputError(f"file URI {uri!r} must not have a query or fragment")
     return unquote(parts.path)

@@ -115,9 +115,7 @@ class LocalStore:
             try:
                 os.link(tmp, path)
             except FileExistsError:
-                raise PreconditionFailedError(
-                    f"object {key!r} already exists in {self.uri}", key=key
-                ) from None
+                raise PreconditionFailedError(f"object {key!r} already exists in {self.uri}", key=key) from None
             finally:
                 _discard(tmp)
             _fsync_dir(os.path.dirname(path))
@@ -146,9 +144,7 @@ class LocalStore:
                 d for d in dirnames if (rel + d + "/").startswith(prefix) or prefix.startswith(rel + d + "/")
             ]
             keys.extend(
-                rel + name
-                for name in filenames
-                if (rel + name).startswith(prefix) and not name.endswith(_TMP_SUFFIX)
+                rel + name for name in filenames if (rel + name).startswith(prefix) and not name.endswith(_TMP_SUFFIX)
             )
         return sorted(keys)
 

@@ -109,9 +109,7 @@ class S3Store:
         status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         where = f"s3://{self.bucket}/{self._object_key(key)}"
         message = error.get("Message")
-        detail = f"S3 {operation} of {where} failed with {code or status}" + (
-            f": {message}" if message else ""
-        )
+        detail = f"S3 {operation} of {where} failed with {code or status}" + (f": {message}" if message else "")
         # NoSuchBucket is also a 404, but it is a configuration error rather than a missing object.
         if code in _NOT_FOUND_CODES:
             return ObjectNotFoundError(f"no object {key!r} in {self.uri}", key=key)
@@ -174,9 +172,7 @@ class S3Store:
         full_prefix = self._object_key(check_prefix(prefix))
         keys: list[str] = []
         with self._translated("ListObjectsV2", prefix):
-            for page in self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=full_prefix
-            ):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full_prefix):
                 keys.extend(item["Key"][len(self._root) :] for item in page.get("Contents", ()))
         return sorted(keys)
 
