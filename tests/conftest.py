@@ -29,3 +29,17 @@ def fashion() -> dict[str, np.ndarray]:
     path = shared_dataset("fashion-mnist-784")
     names = ("base", "queries", "gt_ids", "gt_d2", "base_attrs", "query_attrs")
     return {name: np.load(path / f"{name}.npy", mmap_mode="r") for name in names}
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dummy credentials and no endpoint override, so boto3 talks only to the in-process mock."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+    }.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)

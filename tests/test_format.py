@@ -62,16 +62,7 @@ def load_all(uri_or_store: Any, version: int | None = None) -> Built:
 
 
 @pytest.fixture
-def s3_store(monkeypatch: pytest.MonkeyPatch) -> Iterator[ObjectStore]:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
-    }.items():
-        monkeypatch.setenv(name, value)
-    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
+def s3_store(aws_env: None) -> Iterator[ObjectStore]:
     import boto3
     from moto import mock_aws
 
@@ -125,9 +116,7 @@ def test_container_round_trip() -> None:
 
 
 @pytest.mark.parametrize("kind", ["memory", "file", "s3"])
-def test_round_trip_every_store(
-    kind: str, index_a: Built, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
+def test_round_trip_every_store(kind: str, index_a: Built, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     if kind == "s3":
         store = request.getfixturevalue("s3_store")
         reader: Any = store

@@ -30,9 +30,7 @@ def vector_table(x: np.ndarray, extra: dict[str, Any] | None = None, *, fixed: b
     if fixed:
         column = pa.FixedSizeListArray.from_arrays(flat, x.shape[1])
     else:
-        column = pa.ListArray.from_arrays(
-            pa.array(np.arange(0, x.size + 1, x.shape[1], dtype=np.int32)), flat
-        )
+        column = pa.ListArray.from_arrays(pa.array(np.arange(0, x.size + 1, x.shape[1], dtype=np.int32)), flat)
     return pa.table({"vector": column, **(extra or {})})
 
 
@@ -173,9 +171,7 @@ def test_broken_xvecs(tmp_path: Path, x: np.ndarray) -> None:
     _raises(r"t\.fvecs has \d+ bytes, not a multiple", read_vectors, path)
     dims = np.full(len(x), 16)
     dims[7] = 15
-    _raises(
-        r"r\.fvecs row 7 has dimension 15", read_vectors, write_xvecs(tmp_path / "r.fvecs", x, "<f4", dims)
-    )
+    _raises(r"r\.fvecs row 7 has dimension 15", read_vectors, write_xvecs(tmp_path / "r.fvecs", x, "<f4", dims))
     (tmp_path / "z.bvecs").write_bytes(np.array([-1, 0], "<i4").tobytes())
     _raises(r"z\.bvecs starts with dimension -1", read_vectors, tmp_path / "z.bvecs")
 
@@ -191,9 +187,7 @@ def test_unknown_or_missing_files(tmp_path: Path, x: np.ndarray) -> None:
         tmp_path / "a.npy",
         500,
     )
-    _raises(
-        r"attributes file .*gone\.parquet does not exist", read_attributes, tmp_path / "gone.parquet", 500
-    )
+    _raises(r"attributes file .*gone\.parquet does not exist", read_attributes, tmp_path / "gone.parquet", 500)
     (tmp_path / "bad.parquet").write_bytes(b"PAR1 garbage")
     _raises(r"cannot read .*bad\.parquet", read_vectors, tmp_path / "bad.parquet")
 
@@ -221,6 +215,4 @@ def test_attribute_rows_must_match(tmp_path: Path, x: np.ndarray) -> None:
 
 def test_attributes_given_twice(x: np.ndarray) -> None:
     got = read_vectors(vector_table(x, {"k": np.arange(500)}))
-    _raises(
-        r"has attribute columns \['k'\] and attributes were also given", merge_attributes, got, {"j": [1]}
-    )
+    _raises(r"has attribute columns \['k'\] and attributes were also given", merge_attributes, got, {"j": [1]})

@@ -301,13 +301,9 @@ def test_cli_up_and_down(tmp_path: Path) -> None:
             assert up.poll() is None, (tmp_path / "up.log").read_text()
             assert time.monotonic() < deadline, "squash local up did not become ready"
             time.sleep(0.05)
-        exports = dict(
-            line.removeprefix("export ").split("=", 1) for line in env_file.read_text().splitlines()
-        )
+        exports = dict(line.removeprefix("export ").split("=", 1) for line in env_file.read_text().splitlines())
         assert (tmp_path / ".squash-local.pid").read_text().strip() == str(up.pid)
-        client = boto3.client(
-            "lambda", endpoint_url=exports["AWS_ENDPOINT_URL_LAMBDA"], config=Config(read_timeout=30)
-        )
+        client = boto3.client("lambda", endpoint_url=exports["AWS_ENDPOINT_URL_LAMBDA"], config=Config(read_timeout=30))
         worker = _invoke(client, "Echo", {"via": "cli"})[1]["pid"]
         down = subprocess.run(
             [*command, "down", "--env-file", str(env_file)], capture_output=True, text=True, timeout=30

@@ -236,9 +236,7 @@ def test_bounds_hold_on_real_sift(sift5k):
     assert (exact <= ub * (1 + SLACK) + 1e-3).all()
     top = np.argsort(lb, axis=1)[:, :20]
     reranked = np.take_along_axis(top, np.argsort(np.take_along_axis(exact, top, 1), 1)[:, :10], 1)
-    recall = np.mean(
-        [len(set(r) & set(g[:10])) / 10 for r, g in zip(reranked, sift5k["gt_ids"][:50], strict=True)]
-    )
+    recall = np.mean([len(set(r) & set(g[:10])) / 10 for r, g in zip(reranked, sift5k["gt_ids"][:50], strict=True)])
     assert recall >= 0.95
 
 

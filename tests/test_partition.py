@@ -16,9 +16,7 @@ from squash.partition import Partitioning, assign_to_centroids, balanced_kmeans,
 SIFT_5K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sift-ngt-5k"
 
 
-def clustered(
-    n: int, d: int, clusters: int, seed: int, *, skew: float | None = None, scale: float = 5.0
-) -> np.ndarray:
+def clustered(n: int, d: int, clusters: int, seed: int, *, skew: float | None = None, scale: float = 5.0) -> np.ndarray:
     """Unit Gaussian blobs around centres of spread ``scale``; with ``skew``, that fraction of the rows
     sits in one tight blob."""
     rng = np.random.default_rng(seed)

@@ -51,9 +51,7 @@ def test_build_from_arrays_equals_in_memory_build(data: tuple[np.ndarray, dict[s
     assert open_index(uri).manifest.build["attributes"] == "dict of 3 columns"
 
 
-def test_build_from_files_to_local_store(
-    data: tuple[np.ndarray, dict[str, np.ndarray]], tmp_path: Path
-) -> None:
+def test_build_from_files_to_local_store(data: tuple[np.ndarray, dict[str, np.ndarray]], tmp_path: Path) -> None:
     x, attrs = data
     np.save(tmp_path / "v.npy", x)
     pq.write_table(pa.table(attrs), tmp_path / "a.parquet")
@@ -90,9 +88,7 @@ def test_existing_index_needs_overwrite(data: tuple[np.ndarray, dict[str, np.nda
     assert open_index(uri).meta.n_vectors == N and open_index(uri, 1).meta.n_vectors == 500
 
 
-def _bad_inputs(
-    tmp_path: Path, x: np.ndarray, attrs: dict[str, np.ndarray]
-) -> list[tuple[str, dict[str, Any], str]]:
+def _bad_inputs(tmp_path: Path, x: np.ndarray, attrs: dict[str, np.ndarray]) -> list[tuple[str, dict[str, Any], str]]:
     nan = x.copy()
     nan[5, 1] = np.nan
     np.save(tmp_path / "nan.npy", nan)

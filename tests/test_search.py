@@ -72,7 +72,7 @@ def synth():
 def synth_cases(attrs, queries):
     a0, a1 = attrs["a0"], attrs["a1"]
     lo1 = np.quantile(a0, 0.5)
-    w = 0.001 ** 0.5
+    w = 0.001**0.5
     return {
         "unfiltered": (None, None),
         "label_10pct": ({"a0": {"$lt": 0.1}}, a0 < 0.1),

@@ -35,20 +35,6 @@ def _blob(n: int, seed: int = 0) -> bytes:
 
 
 @pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Dummy credentials and no endpoint override, so boto3 talks only to the in-process mock."""
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
-    }.items():
-        monkeypatch.setenv(name, value)
-    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
 def s3_store(aws_env: None) -> Iterator[S3Store]:
     import boto3
     from moto import mock_aws
@@ -488,9 +474,7 @@ def test_s3_ranged_get_sends_inclusive_range(aws_env: None) -> None:
     store, client = _stubbed_store()
     with Stubber(client) as stub:
         body = StreamingBody(io.BytesIO(b"abcd"), 4)
-        stub.add_response(
-            "get_object", {"Body": body}, {"Bucket": BUCKET, "Key": "pre/k", "Range": "bytes=10-13"}
-        )
+        stub.add_response("get_object", {"Body": body}, {"Bucket": BUCKET, "Key": "pre/k", "Range": "bytes=10-13"})
         stub.add_client_error("get_object", service_error_code="InvalidRange", http_status_code=416)
         assert store.get("k", (10, 14)) == b"abcd"
         assert store.get("k", (500, 600)) == b""
@@ -549,9 +533,7 @@ def test_open_store_unknown_scheme_lists_supported() -> None:
     assert all(scheme in message for scheme in ("memory://", "file://", "s3://"))
 
 
-@pytest.mark.parametrize(
-    "uri", ["", "memory://", "s3://", "s3:///prefix", "file://host/x", "file://relative"]
-)
+@pytest.mark.parametrize("uri", ["", "memory://", "s3://", "s3:///prefix", "file://host/x", "file://relative"])
 def test_open_store_rejects_malformed_uris(uri: str) -> None:
     with pytest.raises(InvalidInputError):
         open_store(uri)

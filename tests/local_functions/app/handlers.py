@@ -32,9 +32,7 @@ def echo(event: dict[str, Any], context: Any) -> Any:
         "function_arn": context.invoked_function_arn,
         "memory_mb": context.memory_limit_in_mb,
         "cwd": os.getcwd(),
-        "env": {
-            name: os.environ.get(name) for name in ("GREETING", "STAGE", "TMPDIR", "PYTHONPATH", "BUCKET")
-        },
+        "env": {name: os.environ.get(name) for name in ("GREETING", "STAGE", "TMPDIR", "PYTHONPATH", "BUCKET")},
     }
 
 
