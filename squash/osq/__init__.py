@@ -1,7 +1,7 @@
 """OSQ, the optimized scalar quantizer: KLT rotation, non-uniform bits, Lloyd-Max cells, segments."""
 
 from squash.osq.bits import BitAllocation, allocate_bits, total_bit_budget
-from squash.osq.bounds import accumulate, ip_tables, l2_tables, representative_tables
+from squash.osq.bounds import accumulate, ip_lower, ip_tables, l2_lower, l2_tables, representative_tables
 from squash.osq.cells import CellTable, fit_cells, lloyd_max
 from squash.osq.packing import SegmentLayout
 from squash.osq.quantizer import OSQ, EncodedVectors
@@ -20,7 +20,9 @@ __all__ = [
     "fit_cells",
     "fit_klt",
     "hamming",
+    "ip_lower",
     "ip_tables",
+    "l2_lower",
     "l2_tables",
     "lloyd_max",
     "representative_tables",

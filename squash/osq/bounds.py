@@ -18,14 +18,22 @@ from squash.osq.cells import CellTable
 from squash.osq.packing import SegmentLayout
 
 
+def l2_lower(q: NDArray[np.float32], lo: NDArray[np.float32], hi: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Squared distance from query coordinates ``q`` to cell ranges [lo, hi] (broadcast); 0 inside."""
+    gap = np.maximum(np.maximum(lo - q, q - hi), 0.0)
+    return gap * gap
+
+
+def ip_lower(q: NDArray[np.float32], lo: NDArray[np.float32], hi: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Lower bound of -q * z for z in [lo, hi] (broadcast): the smaller of the two ends."""
+    return np.minimum(-q * lo, -q * hi)
+
+
 def l2_tables(q_rot: NDArray[np.float32], cells: CellTable) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
     """Lower and upper squared-L2 tables (nq, D, cells) for rotated queries (nq, D)."""
     q = q_rot[:, :, None]
-    below = cells.lo[None] - q
-    above = q - cells.hi[None]
-    lower = np.maximum(np.maximum(below, above), 0.0)
     upper = np.maximum(q - cells.lo[None], cells.hi[None] - q)
-    return lower * lower, upper * upper
+    return l2_lower(q, cells.lo[None], cells.hi[None]), upper * upper
 
 
 def representative_tables(q_rot: NDArray[np.float32], cells: CellTable) -> NDArray[np.float32]:
@@ -37,9 +45,7 @@ def representative_tables(q_rot: NDArray[np.float32], cells: CellTable) -> NDArr
 def ip_tables(q_dir: NDArray[np.float32], cells: CellTable) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
     """Lower and upper tables (nq, D, cells) of -q'_d * z_d for direction-rotated queries."""
     q = q_dir[:, :, None]
-    a = -q * cells.lo[None]
-    b = -q * cells.hi[None]
-    return np.minimum(a, b), np.maximum(a, b)
+    return ip_lower(q, cells.lo[None], cells.hi[None]), np.maximum(-q * cells.lo[None], -q * cells.hi[None])
 
 
 def accumulate(

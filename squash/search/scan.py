@@ -27,7 +27,7 @@ from numpy.typing import NDArray
 
 from squash.filter import CompiledFilter
 from squash.model import Metric
-from squash.osq import sign_codes
+from squash.osq import ip_lower, l2_lower, sign_codes
 from squash.search.merge import merge_partials, top_k
 from squash.search.params import SearchParams
 from squash.search.prepared import PreparedPartition
@@ -93,13 +93,12 @@ class _QueryCodes:
         if metric is Metric.IP:
             rotated = rotation.apply_direction(queries)
             q = rotated[:, cells.dims]
-            self.tail = np.minimum(-q * cells.lo, -q * cells.hi)
+            self.tail = ip_lower(q, cells.lo, cells.hi)
             self.offset = (-(queries.astype(np.float64) @ rotation.mean.astype(np.float64))[:, None]).astype(np.float32)
         else:
             rotated = rotation.apply(queries)
             q = rotated[:, cells.dims]
-            gap = np.maximum(np.maximum(cells.lo - q, q - cells.hi), 0.0)
-            self.tail = gap * gap
+            self.tail = l2_lower(q, cells.lo, cells.hi)
         self.prefix = rotated[:, : part.prefix_dims]
         self.signs = sign_codes(rotated)
 
