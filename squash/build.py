@@ -18,11 +18,32 @@ from squash.attributes import AttributeQuantizer, normalize_attributes
 from squash.errors import InvalidInputError
 from squash.model import IndexMeta, Metric, PartitionData
 from squash.osq import OSQ
-from squash.partition import balanced_kmeans, default_partitions
+from squash.partition import balanced_kmeans, default_partitions, kmeans
 from squash.validation import as_vectors
 
 ATTRIBUTE_BITS = 8
 _HISTOGRAM_CELLS = 256
+# Rows per fine list inside a partition: small enough that a query scans a few percent of a partition,
+# large enough that the per-list work of a scan is a matrix product, not Python overhead.
+LIST_ROWS = 256
+
+
+def default_lists(rows: int) -> int:
+    """Fine lists for a partition of ``rows`` rows: about one per ``LIST_ROWS`` rows, at least one."""
+    return max(1, min(rows, round(rows / LIST_ROWS)))
+
+
+def fine_lists(
+    vectors: NDArray[np.float32], seed: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float32]]:
+    """Cluster a partition's rows into fine lists: (row order grouping the lists, list starts, centroids)."""
+    n = vectors.shape[0]
+    if n == 0:
+        return np.empty(0, dtype=np.int64), np.zeros(1, dtype=np.int64), np.zeros((0, vectors.shape[1]), np.float32)
+    centroids, labels = kmeans(vectors, default_lists(n), seed=seed)
+    order = np.argsort(labels, kind="stable").astype(np.int64)
+    starts = np.concatenate(([0], np.cumsum(np.bincount(labels, minlength=len(centroids))))).astype(np.int64)
+    return order, starts, centroids
 
 
 def prepare_vectors(vectors: object, metric: Metric, *, dim: int | None = None) -> NDArray[np.float32]:
@@ -74,6 +95,8 @@ def build_in_memory(
 
     def build_partition(pid: int) -> PartitionData:
         rows = order[starts[pid] : starts[pid + 1]]
+        grouped, list_starts, list_centroids = fine_lists(x[rows], seed + pid)
+        rows = rows[grouped]
         part = x[rows]
         osq = OSQ.fit(part, bits_per_dim=bits_per_dim)
         encoded = osq.encode(part)
@@ -87,6 +110,8 @@ def build_in_memory(
             attr_codes=np.ascontiguousarray(codes[rows]),
             attr_raw={name: np.ascontiguousarray(col[rows]) for name, col in raw.items()},
             vectors=kept,
+            list_starts=list_starts,
+            list_centroids=list_centroids,
         )
 
     # Partitions run in parallel threads; BLAS threads on top of them oversubscribe the cores

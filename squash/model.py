@@ -42,9 +42,10 @@ class Metric(StrEnum):
 class PartitionData:
     """Everything a processor needs to search one partition.
 
-    Rows are in partition order; ``ids`` maps them to global ids. ``vectors`` keeps the original
-    values (uint8 data stays uint8) for the exact re-rank; ``attr_raw`` the exact attribute values
-    for the filter's exact check.
+    Rows are in partition order, grouped by fine list: list ``j`` (k-means inside the partition) is
+    rows ``list_starts[j]:list_starts[j + 1]`` around ``list_centroids[j]``. ``ids`` maps rows to
+    global ids. ``vectors`` keeps the original values (uint8 data stays uint8) for the exact re-rank;
+    ``attr_raw`` the exact attribute values for the filter's exact check.
     """
 
     partition: int
@@ -55,6 +56,8 @@ class PartitionData:
     attr_codes: NDArray[np.uint8]
     attr_raw: Mapping[str, NDArray[Any]]
     vectors: NDArray[Any]
+    list_starts: NDArray[np.int64]
+    list_centroids: NDArray[np.float32]
     layout: SegmentLayout = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -65,8 +68,21 @@ class PartitionData:
         return int(self.ids.shape[0])
 
     @property
+    def n_lists(self) -> int:
+        return int(self.list_centroids.shape[0])
+
+    @property
     def nbytes(self) -> int:
-        arrays = [self.ids, self.segments, self.signs, self.attr_codes, self.vectors, *self.attr_raw.values()]
+        arrays = [
+            self.ids,
+            self.segments,
+            self.signs,
+            self.attr_codes,
+            self.vectors,
+            self.list_starts,
+            self.list_centroids,
+            *self.attr_raw.values(),
+        ]
         return int(sum(a.nbytes for a in arrays))
 
 

@@ -139,6 +139,34 @@ def balanced_kmeans(
     )
 
 
+def kmeans(
+    vectors: NDArray[np.generic],
+    k: int,
+    *,
+    seed: int = 0,
+    rows_per_centroid: int = 64,
+    max_iter: int = 10,
+    block_rows: int = _BLOCK_ROWS,
+) -> tuple[NDArray[np.float32], NDArray[np.int32]]:
+    """Plain (unbalanced) k-means: centroids (k, D) float32 and the nearest centroid of every row (N,).
+
+    For the fine lists inside a partition, where sizes need not be equal and build time matters: random
+    initial centres, then at most ``max_iter`` Lloyd iterations on ``rows_per_centroid`` sampled rows per
+    centre (faiss's coarse quantizers train the same way), then one assignment of every row.
+    """
+    x = _check_vectors(vectors, "vectors")
+    n = x.shape[0]
+    k = _check_int(k, "k", 1)
+    if n < k:
+        raise InvalidInputError(f"cannot form {k} clusters from {n} vectors; use k <= {n}")
+    rng = np.random.default_rng(seed)
+    size = min(n, rows_per_centroid * k)
+    sample = np.ascontiguousarray(x[np.sort(rng.choice(n, size=size, replace=False))], dtype=np.float32)
+    start = sample[rng.choice(size, size=k, replace=False)]
+    centroids = _lloyd(sample, start, max_iter, block_rows)
+    return centroids, _nearest(x, centroids, block_rows)[0]
+
+
 def assign_to_centroids(
     vectors: NDArray[np.generic], centroids: NDArray[np.generic], block_rows: int = _BLOCK_ROWS
 ) -> tuple[NDArray[np.int32], NDArray[np.float32]]:

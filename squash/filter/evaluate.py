@@ -115,6 +115,18 @@ class CompiledFilter:
         certain, possible = _bounds(self._root, histograms, int(totals[0]))
         return certain, possible
 
+    def estimate(self, histograms: np.ndarray) -> float:
+        """Expected matching rows of a partition from its code histograms (A, 256), for planning only.
+
+        Assumes attributes independent and PARTIAL cells half matching; always within the bounds of
+        :meth:`state_histogram_bounds`, so it is exact whenever they meet.
+        """
+        n = int(histograms[0].sum()) if len(histograms) else 0
+        if n == 0:
+            return 0.0
+        certain, possible = _bounds(self._root, histograms, n)
+        return float(min(max(_share(self._root, histograms, n) * n, certain), possible))
+
     def driver(self, histograms: np.ndarray) -> tuple[int, np.ndarray] | None:
         """An attribute whose non-NONE codes hold every matching row, for index lookups.
 
@@ -218,6 +230,19 @@ def _bounds(node: _Node, histograms: np.ndarray, n: int) -> tuple[int, int]:
             if is_and:
                 return max(0, sum(certain) - (len(children) - 1) * n), min(possible)
             return max(certain), min(n, sum(possible))
+    raise TypeError(f"not a compiled node: {node!r}")
+
+
+def _share(node: _Node, histograms: np.ndarray, n: int) -> float:
+    match node:
+        case _Table(attribute, states):
+            counts = histograms[attribute]
+            return float(counts[states == FULL].sum() + 0.5 * counts[states == PARTIAL].sum()) / n
+        case _Negate(child):
+            return 1.0 - _share(child, histograms, n)
+        case _Combine(is_and, children):
+            shares = np.array([_share(c, histograms, n) for c in children])
+            return float(shares.prod()) if is_and else float(1.0 - (1.0 - shares).prod())
     raise TypeError(f"not a compiled node: {node!r}")
 
 

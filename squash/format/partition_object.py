@@ -5,7 +5,8 @@ the vectors issues a single ranged GET)::
 
     osq.mean (D,) <f4, osq.matrix (D, D) <f4, osq.eigenvalues (D,) <f8, osq.bits (D,) |u1,
     osq.edges (D, C-1) <f4, osq.lo / osq.hi / osq.rep (D, C) <f4, [osq.lloyd_iterations (D,) <i8],
-    ids (n,) <i8, attr_codes (n, A) |u1, attr.<name> (n,) per attribute in schema order,
+    ids (n,) <i8, lists.starts (L+1,) <i8, lists.centroids (L, D) <f4,
+    attr_codes (n, A) |u1, attr.<name> (n,) per attribute in schema order,
     segments (S, n) |u1, signs (n, W) |u1, vectors (n, D) |u1 or <f4
 
 ``C`` is the padded cell count 2**max(bits). The header meta records the partition id, the counts, the
@@ -17,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 from numpy.typing import NDArray
 
 from squash.errors import CorruptObjectError
@@ -61,6 +63,8 @@ def encode_partition(part: PartitionData, build_id: str) -> tuple[bytes, Contain
     if osq.lloyd_iterations is not None:
         arrays[LLOYD_SECTION] = osq.lloyd_iterations
     arrays["ids"] = part.ids
+    arrays["lists.starts"] = part.list_starts
+    arrays["lists.centroids"] = part.list_centroids
     arrays["attr_codes"] = part.attr_codes
     for name, column in part.attr_raw.items():
         arrays[attr_section(name)] = column
@@ -101,6 +105,8 @@ def decode_partition(header: ContainerHeader, arrays: Mapping[str, NDArray[Any]]
             attr_codes=arrays["attr_codes"],
             attr_raw={name: arrays[attr_section(name)] for name in attributes},
             vectors=arrays[VECTORS],
+            list_starts=arrays["lists.starts"],
+            list_centroids=arrays["lists.centroids"],
         )
     except (KeyError, TypeError, ValueError) as e:
         raise CorruptObjectError(f"partition object {key!r} is missing data: {e!r}", key=key) from None
@@ -119,6 +125,7 @@ def check_partition_shapes(part: PartitionData, meta: Mapping[str, Any], key: st
         "signs": (part.signs.shape[0], n),
         "attr_codes": (part.attr_codes.shape, (n, len(part.attr_raw))),
         "vectors": (part.vectors.shape, (n, meta.get("dim"))),
+        "lists.centroids": (part.list_centroids.shape, (part.list_starts.shape[0] - 1, d)),
     }
     expected.update({attr_section(k): (v.shape, (n,)) for k, v in part.attr_raw.items()})
     for name, (found, wanted) in expected.items():
@@ -126,3 +133,8 @@ def check_partition_shapes(part: PartitionData, meta: Mapping[str, Any], key: st
             raise CorruptObjectError(
                 f"partition object {key!r}: section {name!r} has shape {found}, expected {wanted}", key=key
             )
+    starts = part.list_starts
+    if starts.ndim != 1 or starts[0] != 0 or starts[-1] != n or (np.diff(starts) < 0).any():
+        raise CorruptObjectError(
+            f"partition object {key!r}: section 'lists.starts' is not a non-decreasing 0..{n} sequence", key=key
+        )

@@ -18,14 +18,20 @@ class SearchParams:
         centroid_factor: visit partitions whose centroid distance is within this factor of the nearest.
         max_partitions: visit at most this many partitions by centroid distance (None: no cap) unless
             more are needed to hold k filter-matching vectors.
+        probe: a visited partition scans the ``probe`` fine lists (k-means clusters of about 256 rows)
+            nearest the query; the larger, the higher the recall and the slower the scan.
+        probe_matches: a filtered query scans further lists, nearest first, until they hold this many
+            matching rows (at least k), so filtered recall holds at any selectivity.
         hamming_keep: level 1 keeps this fraction of the candidates by Hamming distance of the leading
-            64 sign bits (1.0 turns the level off, the default: see the README's pruning table).
+            64 sign bits (1.0 turns the level off, the default: see the README's pruning table); it
+            applies to candidate sets, not to list scans, where the lists do the coarse pruning.
         hamming_floor: levels 1 and 2 keep at least this many candidates (never fewer than k * rerank_factor).
         prefix_keep: level 2 keeps this fraction of the candidates by the exact partial distance over the
             leading (highest-energy) rotated dimensions, a lower bound on the full distance.
         rerank_factor: level 3 keeps k * rerank_factor candidates by OSQ lower bound for the exact re-rank.
-        exact_threshold: a partition with at most this many filtered candidates skips the pruning
-            levels and ranks all of them exactly (cheaper than pruning, and exact).
+        exact_threshold: a partition expected to hold at most this many matching rows finds them all
+            through its attribute posting lists instead of scanning lists; when there are at most this
+            many it ranks all of them exactly (cheaper than pruning, and exact).
         exact_budget: when a filter's possible matches over the whole index number at most this, every
             partition holding one is visited and scanned exactly: selective queries become exact.
         exact: visit every partition with a possible match and refine by lower bound until the result
@@ -34,6 +40,8 @@ class SearchParams:
 
     centroid_factor: float = 1.5
     max_partitions: int | None = None
+    probe: int = 16
+    probe_matches: int = 100
     hamming_keep: float = 1.0
     hamming_floor: int = 200
     prefix_keep: float = 0.02
@@ -46,6 +54,8 @@ class SearchParams:
         checks = [
             (self.centroid_factor >= 1.0, "centroid_factor must be >= 1.0"),
             (self.max_partitions is None or self.max_partitions >= 1, "max_partitions must be >= 1 or None"),
+            (self.probe >= 1, "probe must be >= 1"),
+            (self.probe_matches >= 1, "probe_matches must be >= 1"),
             (0.0 < self.hamming_keep <= 1.0, "hamming_keep must be in (0, 1]"),
             (self.hamming_floor >= 1, "hamming_floor must be >= 1"),
             (0.0 < self.prefix_keep <= 1.0, "prefix_keep must be in (0, 1]"),

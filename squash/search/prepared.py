@@ -58,16 +58,19 @@ class FlatCells:
 class PreparedPartition:
     """PartitionData plus what a warm container derives from it once.
 
-    - ``prefix`` (n, d0) float32: the exact rotated coordinates of the leading d0 dimensions, and
-      ``prefix_norms`` their squared norms, for the prefix bound computed with one matrix product;
+    - ``prefix`` (n, d0) float64: the exact rotated coordinates of the leading d0 dimensions, and
+      ``prefix_norms`` their squared norms, for the prefix bound computed with one matrix product
+      (float64 so a query's bounds do not depend on which other queries share the product);
+    - ``list_norms``: squared norms of the fine-list centroids, for ranking lists per query;
     - per-attribute posting lists (rows grouped by code) and code histograms, so a selective filter
       costs O(matches) instead of a pass over every row (low-selectivity and anti-correlated queries).
     """
 
     data: PartitionData
     histograms: NDArray[np.int64] = field(init=False)
-    prefix: NDArray[np.float32] = field(init=False)
-    prefix_norms: NDArray[np.float32] = field(init=False)
+    prefix: NDArray[np.float64] = field(init=False)
+    prefix_norms: NDArray[np.float64] = field(init=False)
+    list_norms: NDArray[np.float32] = field(init=False)
     cells: FlatCells = field(init=False)
     _postings: dict[int, tuple[NDArray[np.int32], NDArray[np.int64]]] = field(init=False, default_factory=dict)
 
@@ -83,11 +86,15 @@ class PreparedPartition:
         lead = RotationPrefix(rotation.mean, rotation.matrix[:, :d0])
         vectors = self.data.vectors
         self.prefix = (
-            np.concatenate([lead.apply(vectors[i : i + _BLOCK_ROWS]) for i in range(0, self.size, _BLOCK_ROWS)])
+            np.concatenate([lead.apply(vectors[i : i + _BLOCK_ROWS]) for i in range(0, self.size, _BLOCK_ROWS)]).astype(
+                np.float64
+            )
             if self.size
-            else np.zeros((0, d0), dtype=np.float32)
+            else np.zeros((0, d0), dtype=np.float64)
         )
-        self.prefix_norms = (self.prefix.astype(np.float64) ** 2).sum(axis=1).astype(np.float32)
+        self.prefix_norms = (self.prefix**2).sum(axis=1)
+        centroids = self.data.list_centroids
+        self.list_norms = np.einsum("ij,ij->i", centroids, centroids)
         self.cells = FlatCells.from_table(self.data.osq.cells, first_dim=d0)
 
     @property

@@ -27,7 +27,8 @@ from numpy.typing import NDArray
 
 from squash.filter import CompiledFilter
 from squash.model import Metric
-from squash.osq import ip_lower, l2_lower, sign_codes
+from squash.search.levels import QueryCodes, select_smallest, tail_bounds
+from squash.search.lists import scan_lists
 from squash.search.merge import merge_partials, top_k
 from squash.search.params import SearchParams
 from squash.search.prepared import PreparedPartition
@@ -83,36 +84,9 @@ def _finish(
     return np.where(ids >= 0, part.data.ids[np.maximum(ids, 0)], -1), dists
 
 
-class _QueryCodes:
-    """Per-partition forms of a query batch: rotated coordinates, sign codes, bound tables."""
-
-    def __init__(self, part: PreparedPartition, queries: NDArray[np.float32], metric: Metric) -> None:
-        rotation = part.data.osq.rotation
-        self.offset = np.zeros((len(queries), 1), dtype=np.float32)
-        cells = part.cells
-        if metric is Metric.IP:
-            rotated = rotation.apply_direction(queries)
-            q = rotated[:, cells.dims]
-            self.tail = ip_lower(q, cells.lo, cells.hi)
-            self.offset = (-(queries.astype(np.float64) @ rotation.mean.astype(np.float64))[:, None]).astype(np.float32)
-        else:
-            rotated = rotation.apply(queries)
-            q = rotated[:, cells.dims]
-            self.tail = l2_lower(q, cells.lo, cells.hi)
-        self.prefix = rotated[:, : part.prefix_dims]
-        self.signs = sign_codes(rotated)
-
-
-def _select_smallest(values: NDArray[np.generic], count: int) -> NDArray[np.int64]:
-    """Column indices of the ``count`` smallest values in each row (unordered)."""
-    if count >= values.shape[1]:
-        return np.broadcast_to(np.arange(values.shape[1]), values.shape).copy()
-    return np.argpartition(values, count - 1, axis=1)[:, :count]
-
-
 def _prefix_bound(
     part: PreparedPartition,
-    codes: _QueryCodes,
+    codes: QueryCodes,
     qs: NDArray[np.int64],
     rows: NDArray[np.int64],
     metric: Metric,
@@ -124,13 +98,13 @@ def _prefix_bound(
     """
     # float64 products rounded once keep the bound independent of how queries are batched, so a
     # query gets the same answer alone, in a batch, or split across a tree of functions.
-    q = codes.prefix[qs].astype(np.float64)
-    x = part.prefix[rows].astype(np.float64)
+    q = codes.prefix[qs]
+    x = part.prefix[rows]
     if rows.ndim == 1:
         dots = q @ x.T
         if metric is Metric.IP:
             return (-dots).astype(np.float32)
-        norms = part.prefix_norms[rows].astype(np.float64)
+        norms = part.prefix_norms[rows]
         return (norms[None, :] - 2.0 * dots + (q * q).sum(axis=1)[:, None]).astype(np.float32)
     if metric is Metric.IP:
         return (-np.einsum("qmd,qd->qm", x, q)).astype(np.float32)
@@ -139,7 +113,7 @@ def _prefix_bound(
 
 
 def _hamming_rows(
-    part: PreparedPartition, cand: NDArray[np.int64], codes: _QueryCodes, qs: NDArray[np.int64], keep: int
+    part: PreparedPartition, cand: NDArray[np.int64], codes: QueryCodes, qs: NDArray[np.int64], keep: int
 ) -> NDArray[np.int64]:
     """Level 1: rows (len(qs), keep) with the smallest Hamming distance over the leading 64 sign bits.
 
@@ -149,13 +123,13 @@ def _hamming_rows(
     words = part.data.signs[cand].view(np.uint64)[:, 0]
     qwords = codes.signs[qs].view(np.uint64)[:, 0]
     distance = np.bitwise_count(words[None, :] ^ qwords[:, None])
-    return cand[_select_smallest(distance, keep)]
+    return cand[select_smallest(distance, keep)]
 
 
 def _pruned(
     part: PreparedPartition,
     cand: NDArray[np.int64],
-    codes: _QueryCodes,
+    codes: QueryCodes,
     k: int,
     params: SearchParams,
     metric: Metric,
@@ -175,33 +149,15 @@ def _pruned(
     prefix = _prefix_bound(part, codes, qs, rows, metric)
     if rows.ndim == 1:
         rows = np.broadcast_to(rows, prefix.shape)
-    chosen = _select_smallest(prefix, keep)
+    chosen = select_smallest(prefix, keep)
     rows = np.take_along_axis(rows, chosen, 1)
     stats["prefix"][qs] += keep
-    lower = np.take_along_axis(prefix, chosen, 1) + _tail_bounds(part, codes.tail[qs], rows)
+    lower = np.take_along_axis(prefix, chosen, 1) + tail_bounds(part, codes.tail[qs], rows)
     if metric is Metric.IP:
         lower += codes.offset[qs]
-    rows = np.take_along_axis(rows, _select_smallest(lower, keep_final), 1)
+    rows = np.take_along_axis(rows, select_smallest(lower, keep_final), 1)
     stats["bounded"][qs] += keep_final
     return rows
-
-
-def _tail_bounds(part: PreparedPartition, tables: NDArray[np.float32], rows: NDArray[np.int64]) -> NDArray[np.float32]:
-    """OSQ lower bounds (nq, m) over the dimensions after the prefix, from flat tables (nq, cells).
-
-    Codes are extracted one dimension at a time (never decoding whole vectors) into one index array,
-    then a single gather reads every (query, row, dimension) term.
-    """
-    layout = part.data.layout
-    cells = part.cells
-    nq, m = rows.shape
-    tail = range(cells.first_dim, layout.bits.shape[0])
-    index = np.empty((nq, m, len(tail)), dtype=np.int32)
-    for j, dim in enumerate(tail):
-        index[:, :, j] = layout.extract(part.data.segments, dim, rows)
-    index += cells.offsets
-    index += (np.arange(nq, dtype=np.int32) * tables.shape[1])[:, None, None]
-    return tables.reshape(-1)[index].sum(axis=2, dtype=np.float32)
 
 
 def _exact_scan(
@@ -214,6 +170,13 @@ def _exact_scan(
         block = _finish(part, cand[start : start + _EXACT_BLOCK], queries, metric, k)
         ids, dists = merge_partials([(ids, dists), block], k)
     return ids, dists
+
+
+def _scans_lists(part: PreparedPartition, compiled: CompiledFilter | None, params: SearchParams) -> bool:
+    """Whether a query scans fine lists, rather than ranking its filter's candidate set."""
+    if params.exact or part.size <= params.exact_threshold or part.data.n_lists <= 1:
+        return False
+    return compiled is None or compiled.estimate(part.histograms) > params.exact_threshold
 
 
 def search_partition(
@@ -235,10 +198,23 @@ def search_partition(
     ids = np.full((nq, k), -1, dtype=np.int64)
     dists = np.full((nq, k), np.inf, dtype=np.float32)
     # Built on first need: groups answered by an exact scan (selective filters) never rotate queries.
-    codes: _QueryCodes | None = None
+    codes: QueryCodes | None = None
     groups: dict[int, list[int]] = {}
+    scanning: list[int] = []
+    expected: dict[int, bool] = {}
     for i, compiled in enumerate(filters):
-        groups.setdefault(id(compiled), []).append(i)
+        if id(compiled) not in expected:
+            expected[id(compiled)] = _scans_lists(part, compiled, params)
+        if expected[id(compiled)]:
+            scanning.append(i)
+        else:
+            groups.setdefault(id(compiled), []).append(i)
+    if scanning:
+        qs = np.asarray(scanning, dtype=np.int64)
+        codes = QueryCodes(part, queries, metric)
+        rows = scan_lists(part, codes, queries, qs, [filters[i] for i in scanning], k, params, metric, stats)
+        stats["reranked"][qs] += (rows >= 0).sum(axis=1)
+        ids[qs], dists[qs] = _finish(part, rows, queries[qs], metric, k)
     for members in groups.values():
         qs = np.asarray(members, dtype=np.int64)
         cand = part.candidates(filters[members[0]])
@@ -254,7 +230,7 @@ def search_partition(
             ids[qs], dists[qs] = _exact_scan(part, cand, queries[qs], metric, k)
             continue
         if codes is None:
-            codes = _QueryCodes(part, queries, metric)
+            codes = QueryCodes(part, queries, metric)
         rows = _pruned(part, cand, codes, k, params, metric, stats, qs)
         stats["reranked"][qs] += rows.shape[-1]
         ids[qs], dists[qs] = _finish(part, rows, queries[qs], metric, k)

@@ -1,0 +1,211 @@
+"""Scanning a partition's fine lists: the IVF-style level that keeps a query off most rows.
+
+A partition's rows are grouped into k-means lists. A query ranks the lists by centroid distance and
+scans the nearest ``probe`` of them; a filtered query keeps adding lists, in the same order, until the
+scanned rows hold ``probe_matches`` rows that pass its filter (at least k, or every list), so a
+partition with m matches still returns min(k, m) of them. The filter is evaluated on the scanned rows
+only, never on the whole partition, unless several queries share it.
+
+The prefix bound of every scanned row is one matrix product per list for all the queries that scan
+it (list-major), written to one flat buffer and gathered into per-query rows; the OSQ tail bounds and
+the exact re-rank then run on the few best rows per query, as in :mod:`squash.search.scan`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from squash.filter import CompiledFilter
+from squash.model import Metric
+from squash.search.levels import QueryCodes, select_smallest, tail_bounds
+from squash.search.params import SearchParams
+from squash.search.prepared import PreparedPartition
+
+# Evaluate a shared filter over the whole partition once when its queries would scan more rows than this
+# fraction of the partition between them.
+_SHARED_FILTER_SHARE = 0.5
+# A filtered query's first guess at how many rows it needs is padded by this factor, so that one
+# evaluation usually suffices.
+_MATCH_SLACK = 1.25
+
+
+def list_order(part: PreparedPartition, queries: NDArray[np.float32], metric: Metric) -> NDArray[np.int64]:
+    """(nq, L) list ids per query, nearest centroid first (largest inner product for ``ip``)."""
+    dots = queries @ part.data.list_centroids.T
+    scores = -dots if metric is Metric.IP else part.list_norms[None, :] - 2.0 * dots
+    return np.argsort(scores, axis=1, kind="stable")
+
+
+def _ranges(starts: NDArray[np.int64], stops: NDArray[np.int64]) -> NDArray[np.int64]:
+    """Concatenation of ``arange(starts[i], stops[i])`` for every i, without a Python loop."""
+    lengths = stops - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return np.empty(0, dtype=np.int64)
+    shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+    return shift + np.arange(total, dtype=np.int64)
+
+
+class _ListChoice:
+    """The lists each query scans and, for filtered queries, which scanned rows pass the filter."""
+
+    def __init__(self, part: PreparedPartition, order: NDArray[np.int64], params: SearchParams, k: int) -> None:
+        self.part = part
+        self.order = order
+        self.starts = part.data.list_starts
+        self.sizes = np.diff(self.starts)
+        self.probe = min(params.probe, part.data.n_lists)
+        self.target = max(k, params.probe_matches)
+        self.lists: list[NDArray[np.int64]] = []
+        self.masks: list[NDArray[np.bool_] | None] = []
+
+    def unfiltered(self, i: int) -> None:
+        self.lists.append(self.order[i, : self.probe])
+        self.masks.append(None)
+
+    def shared(self, i: int, full: NDArray[np.bool_], per_list: NDArray[np.int64]) -> None:
+        """A query whose filter was evaluated over the whole partition (``full``, counts ``per_list``)."""
+        ordered = self.order[i]
+        enough = np.searchsorted(np.cumsum(per_list[ordered]), self.target)
+        lists = ordered[: max(self.probe, int(enough) + 1)]
+        self.lists.append(lists)
+        self.masks.append(full[_ranges(self.starts[lists], self.starts[lists + 1])])
+
+    def filtered(self, i: int, compiled: CompiledFilter, share: float) -> None:
+        """A query with its own filter: evaluate it on the nearest lists until they hold enough matches."""
+        ordered = self.order[i]
+        rows_so_far = np.cumsum(self.sizes[ordered])
+        total_lists = len(ordered)
+        count = self.probe
+        need = self.target / max(share, 1e-9) * _MATCH_SLACK
+        count = max(count, int(np.searchsorted(rows_so_far, need)) + 1)
+        data = self.part.data
+        while True:
+            count = min(count, total_lists)
+            lists = ordered[:count]
+            rows = _ranges(self.starts[lists], self.starts[lists + 1])
+            mask = compiled.matches(data.attr_codes, data.attr_raw, rows=rows)
+            found = int(np.count_nonzero(mask))
+            if found >= self.target or count == total_lists:
+                break
+            # Extend by the match rate seen so far (at least doubling), then evaluate again.
+            rate = max(found, 1) / max(len(rows), 1)
+            count = max(2 * count, int(np.searchsorted(rows_so_far, self.target / rate * _MATCH_SLACK)) + 1)
+        self.lists.append(lists)
+        self.masks.append(mask)
+
+
+def choose_lists(
+    part: PreparedPartition,
+    queries: NDArray[np.float32],
+    filters: Sequence[CompiledFilter | None],
+    k: int,
+    params: SearchParams,
+    metric: Metric,
+) -> _ListChoice:
+    """Lists (and filter masks over their rows) for every query of ``queries``."""
+    choice = _ListChoice(part, list_order(part, queries, metric), params, k)
+    users: dict[int, int] = {}
+    for compiled in filters:
+        users[id(compiled)] = users.get(id(compiled), 0) + 1
+    shares: dict[int, float] = {}
+    full: dict[int, tuple[NDArray[np.bool_], NDArray[np.int64]]] = {}
+    data = part.data
+    scanned = choice.probe * part.size / max(data.n_lists, 1)
+    for i, compiled in enumerate(filters):
+        if compiled is None:
+            choice.unfiltered(i)
+            continue
+        key = id(compiled)
+        if key not in shares:
+            shares[key] = compiled.estimate(part.histograms) / max(part.size, 1)
+        per_query = max(scanned, choice.target / max(shares[key], 1e-9))
+        if users[key] > 1 and users[key] * per_query >= _SHARED_FILTER_SHARE * part.size:
+            if key not in full:
+                mask = compiled.matches(data.attr_codes, data.attr_raw)
+                full[key] = (mask, np.add.reduceat(mask, data.list_starts[:-1]).astype(np.int64))
+            choice.shared(i, *full[key])
+        else:
+            choice.filtered(i, compiled, shares[key])
+    return choice
+
+
+def scan_lists(
+    part: PreparedPartition,
+    codes: QueryCodes,
+    queries: NDArray[np.float32],
+    qs: NDArray[np.int64],
+    filters: Sequence[CompiledFilter | None],
+    k: int,
+    params: SearchParams,
+    metric: Metric,
+    stats: dict[str, NDArray[np.int64]],
+) -> NDArray[np.int64]:
+    """Candidate rows (len(qs), k * rerank_factor) for queries ``qs`` by list scan, prefix and OSQ bounds.
+
+    Rows are -1 where a query has fewer candidates; ``filters[j]`` belongs to ``queries[qs[j]]``.
+    """
+    choice = choose_lists(part, queries[qs], filters, k, params, metric)
+    starts = part.data.list_starts
+    nq = len(qs)
+    counts = np.array([len(lists) for lists in choice.lists], dtype=np.int64)
+    pair_q = np.repeat(np.arange(nq), counts)
+    pair_list = np.concatenate(choice.lists) if nq else np.empty(0, dtype=np.int64)
+    pair_len = choice.sizes[pair_list]
+    # Per query, its lists' rows side by side: (nq, width) row ids and flat-buffer positions.
+    per_query = np.bincount(pair_q, weights=pair_len, minlength=nq).astype(np.int64)
+    width = int(per_query.max()) if nq else 0
+    by_list = np.argsort(pair_list, kind="stable")
+    flat_start = np.empty(len(pair_list), dtype=np.int64)
+    flat_start[by_list] = np.cumsum(pair_len[by_list]) - pair_len[by_list]
+    total = int(pair_len.sum())
+    sentinel = total
+    column = np.cumsum(pair_len) - pair_len - np.repeat(np.cumsum(per_query) - per_query, counts)
+    element_pair = np.repeat(np.arange(len(pair_list)), pair_len)
+    local = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(pair_len) - pair_len, pair_len)
+    position = np.full((nq, width), sentinel, dtype=np.int64)
+    rows = np.full((nq, width), -1, dtype=np.int64)
+    qe, ce = pair_q[element_pair], column[element_pair] + local
+    position[qe, ce] = flat_start[element_pair] + local
+    rows[qe, ce] = starts[pair_list[element_pair]] + local
+
+    flat = np.empty(total + 1, dtype=np.float64)
+    flat[sentinel] = np.inf
+    qpre = codes.prefix[qs]
+    qnorm = codes.prefix_norms[qs]
+    sorted_lists = pair_list[by_list]
+    cuts = np.flatnonzero(np.diff(sorted_lists)) + 1
+    first = np.concatenate(([0], cuts))
+    last = np.concatenate((cuts, [len(sorted_lists)]))
+    for a, b in zip(first.tolist(), last.tolist(), strict=True):
+        members = by_list[a:b]
+        lst = int(sorted_lists[a])
+        lo, hi = int(starts[lst]), int(starts[lst + 1])
+        who = pair_q[members]
+        dots = qpre[who] @ part.prefix[lo:hi].T
+        block = -dots if metric is Metric.IP else part.prefix_norms[lo:hi][None, :] - 2.0 * dots + qnorm[who][:, None]
+        at = int(flat_start[members[0]])
+        flat[at : at + block.size] = block.ravel()
+    bound = flat[position].astype(np.float32)
+    for j, mask in enumerate(choice.masks):
+        if mask is not None:
+            bound[j, : len(mask)][~mask] = np.inf
+    valid = np.isfinite(bound)
+    scanned = valid.sum(axis=1)
+    stats["filtered"][qs] += scanned
+    keep_final = k * params.rerank_factor
+    keep = min(width, max(params.hamming_floor, keep_final, int(params.prefix_keep * scanned.mean()) if nq else 0))
+    stats["prefix"][qs] += np.minimum(scanned, keep)
+    chosen = select_smallest(bound, keep)
+    rows = np.take_along_axis(rows, chosen, 1)
+    lower = np.take_along_axis(bound, chosen, 1)
+    usable = np.isfinite(lower)
+    tail = tail_bounds(part, codes.tail[qs], np.where(usable, rows, 0))
+    lower = np.where(usable, lower + tail + (codes.offset[qs] if metric is Metric.IP else 0.0), np.inf)
+    best = select_smallest(lower, min(keep_final, keep))
+    rows = np.where(np.isfinite(np.take_along_axis(lower, best, 1)), np.take_along_axis(rows, best, 1), -1)
+    stats["bounded"][qs] += (rows >= 0).sum(axis=1)
+    return rows
