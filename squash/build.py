@@ -134,6 +134,7 @@ def build_in_memory(
         attr_quantizer=attr_quantizer,
         attr_histograms=histograms,
         attr_codes=tuple(part.attr_codes for part in parts),
+        list_centroids=tuple(part.list_centroids for part in parts),
         params={"bits_per_dim": float(bits_per_dim), "seed": int(seed), "partitions": int(p)},
     )
     return meta, parts

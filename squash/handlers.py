@@ -267,10 +267,12 @@ def _search_share(inv: _Invocation, work: _Work) -> _Share:
     config = inv.ctx.config
     wait_until, child_ms = _child_deadline(work, config.deadline_margin)
     requests = []
-    for pid, qs in groups.items():
+    for pid, (qs, probes) in groups.items():
         part = work.take(qs)
         requests.append(
-            ProcessorRequest(part.ref, part.queries, part.filters, k, part.knobs, partition=pid, deadline_ms=child_ms)
+            ProcessorRequest(
+                part.ref, part.queries, part.filters, k, part.knobs, partition=pid, probes=probes, deadline_ms=child_ms
+            )
         )
     responses = FanOut(
         [partial(_invoke, inv, config.processor_for(r.partition), r) for r in requests],
@@ -282,7 +284,7 @@ def _search_share(inv: _Invocation, work: _Work) -> _Share:
     missing, metrics = [], []
     # Merge partition by partition in ascending id, exactly as squash.search.engine does, so every mode
     # returns bit-identical results.
-    for (pid, qs), part in zip(groups.items(), responses, strict=True):
+    for (pid, (qs, _)), part in zip(groups.items(), responses, strict=True):
         if isinstance(part, SquashError):
             complete[qs] = False
             missing.append(
@@ -434,7 +436,7 @@ def process(request: ProcessorRequest, ctx: HandlerContext) -> ProcessorResponse
             (request.index.uri, stored.version, pid), lambda: PreparedPartition(stored.load_partition(pid))
         )
         loaded = time.perf_counter()
-        result = search_partition(part, request.queries, filters, request.k, params, meta.metric)
+        result = search_partition(part, request.queries, filters, request.k, params, meta.metric, request.probes)
     inv.add(
         cache_hits=int(hit),
         cache_misses=int(not hit),

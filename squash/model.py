@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -92,7 +93,8 @@ class IndexMeta:
 
     ``attr_histograms`` (P, A, 256) counts attribute codes per partition, so partitions with no
     possible match are skipped without touching rows; ``attr_codes`` (one (n_p, A) array per
-    partition) gives exact certain-match counts for the partitions a query may visit.
+    partition) gives exact certain-match counts for the partitions a query may visit;
+    ``list_centroids`` (one (L_p, D) array per partition) lets the planner rank every fine list.
     """
 
     dim: int
@@ -104,8 +106,19 @@ class IndexMeta:
     attr_quantizer: AttributeQuantizer
     attr_histograms: NDArray[np.int64]
     attr_codes: tuple[NDArray[np.uint8], ...]
+    list_centroids: tuple[NDArray[np.float32], ...]
     params: Mapping[str, Any]
 
     @property
     def n_partitions(self) -> int:
         return int(self.centroids.shape[0])
+
+    @cached_property
+    def all_lists(self) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.int64]]:
+        """Every fine list of the index: centroids (L, D), their squared norms (L,), owning partition (L,)."""
+        counts = [c.shape[0] for c in self.list_centroids]
+        centroids = (
+            np.concatenate(self.list_centroids) if counts else np.zeros((0, self.dim), dtype=np.float32)
+        ).astype(np.float32, copy=False)
+        owner = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+        return centroids, np.einsum("ij,ij->i", centroids, centroids), owner

@@ -416,7 +416,7 @@ class AllocatorRequest(_Batch):
 
 @dataclass(frozen=True, eq=False)
 class ProcessorRequest(_Batch):
-    """Search one partition for every query of the batch."""
+    """Search one partition for every query of the batch; ``probes[i]`` fine lists for query i (>= 1)."""
 
     KIND: ClassVar[str] = "processor_request"
     index: IndexRef
@@ -425,20 +425,28 @@ class ProcessorRequest(_Batch):
     k: int
     knobs: Mapping[str, Any]
     partition: int
+    probes: NDArray[np.int32]
     deadline_ms: int | None = field(default=None, kw_only=True)  # epoch ms by which to answer; None: no limit
 
     def __post_init__(self) -> None:
         _check_batch(self.KIND, self.queries, self.filters, self.k, self.knobs)
         if self.index.version is None:
             raise _fail(self.KIND, "index.version", "must be pinned")
+        probes = self.probes
+        if probes.dtype != _I32 or probes.shape != (self.n_queries,) or (probes < 1).any():
+            raise _fail(self.KIND, "probes", f"must be {self.n_queries} int32 list counts, each at least 1")
+
+    def take(self, rows: slice) -> ProcessorRequest:
+        return replace(self, queries=self.queries[rows], filters=self.filters.take(rows), probes=self.probes[rows])
 
     def to_event(self) -> dict[str, Any]:
-        return {**self._batch_event(), "partition": self.partition}
+        return {**self._batch_event(), "partition": self.partition, "probes": pack_arrays({"probes": self.probes})}
 
     @classmethod
     def from_event(cls, event: object) -> ProcessorRequest:
-        e = _Event(event, cls.KIND, (*_BATCH_FIELDS, "partition"))
-        return cls(**cls._batch_fields(e, pinned=True), partition=e.int("partition", 0))
+        e = _Event(event, cls.KIND, (*_BATCH_FIELDS, "partition", "probes"))
+        probes = unpack_arrays(e["probes"], cls.KIND, {"probes": (_I32, 1)})["probes"]
+        return cls(**cls._batch_fields(e, pinned=True), partition=e.int("partition", 0), probes=probes)
 
 
 # --- responses --------------------------------------------------------------------------------------------

@@ -37,12 +37,13 @@ def assert_same_meta(a: IndexMeta, b: IndexMeta) -> None:
     for name in ("cell_lo", "cell_hi", "boundaries"):
         _same_arrays(getattr(qa, name), getattr(qb, name), name)
     _same_arrays(a.attr_codes, b.attr_codes, "attr_codes")
+    _same_arrays(a.list_centroids, b.list_centroids, "list_centroids")
     assert dict(a.params) == dict(b.params)
 
 
 def assert_same_partition(a: PartitionData, b: PartitionData) -> None:
     assert a.partition == b.partition
-    for name in ("ids", "segments", "signs", "attr_codes", "vectors"):
+    for name in ("ids", "segments", "signs", "attr_codes", "vectors", "list_starts", "list_centroids"):
         assert_array_equal(getattr(a, name), getattr(b, name), strict=True, err_msg=name)
     assert list(a.attr_raw) == list(b.attr_raw)
     for name in a.attr_raw:

@@ -43,7 +43,7 @@ from squash.storage.faults import Fault, FaultInjectingStore
 NQ = 12
 K = 10
 COORDINATOR, ALLOCATOR = "squash-coordinator", "squash-allocator"
-NARROW = {"centroid_factor": 1.0, "max_partitions": 2, "exact_budget": 100}  # so some queries skip any given partition
+NARROW = {"centroid_factor": 1.0, "max_partitions": 2, "exact_budget": 100, "probe": 2}  # so some queries skip any given partition
 TALLY = {"injected": 0, "survived": 0}
 
 
@@ -160,7 +160,7 @@ def _routes(built: Built) -> dict[int, np.ndarray]:
     filters = FilterSet.from_user(None, NQ).compile(meta)
     groups = group_by_partition(plan_queries(meta, queries, filters, K, SearchParams.from_knobs(NARROW)))
     routes = {}
-    for pid, rows in groups.items():
+    for pid, (rows, _) in groups.items():
         routes[pid] = np.zeros(NQ, dtype=bool)
         routes[pid][rows] = True
     return routes

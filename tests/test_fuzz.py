@@ -195,7 +195,9 @@ def _events() -> dict[type, dict[str, Any]]:
         AllocatorRequest: AllocatorRequest(
             IndexRef("memory://x", 1), queries, fs, 3, {}, TreeShape(2, 1), node=1, level=1
         ).to_event(),
-        ProcessorRequest: ProcessorRequest(IndexRef("memory://x", 1), queries, fs, 3, {}, partition=0).to_event(),
+        ProcessorRequest: ProcessorRequest(
+            IndexRef("memory://x", 1), queries, fs, 3, {}, partition=0, probes=np.ones(len(queries), np.int32)
+        ).to_event(),
         ProcessorResponse: ProcessorResponse(ids, dists, stats, metrics).to_event(),
         AllocatorResponse: AllocatorResponse(ids, dists, stats, metrics).to_event(),
         CoordinatorResponse: CoordinatorResponse(

@@ -330,12 +330,14 @@ def test_split_request_parts_fit_and_cover_the_batch(built: Built) -> None:
         10,
         {},
         partition=0,
+        probes=np.arange(1, nq + 1, dtype=np.int32),
     )
     parts = split_request(request, 30_000, functions=4)
     assert len(parts) > 1
     assert sum(part.n_queries for part, _ in parts) == nq
     assert all(len(json.dumps(event)) <= 30_000 for _, event in parts)
     assert [f for part, _ in parts for f in part.filters.per_query()] == request.filters.per_query()
+    assert np.array_equal(np.concatenate([part.probes for part, _ in parts]), request.probes)
     with pytest.raises(LimitExceededError, match="6,291,456"):
         split_request(request.take(slice(0, 1)), 2_000, functions=4)
 
@@ -387,7 +389,8 @@ def test_remote_invalid_input_keeps_its_type(built: Built) -> None:
 def processor_event() -> dict[str, Any]:
     queries = np.arange(3 * DIM, dtype=np.float32).reshape(3, DIM)
     filters = FilterSet.from_user([{"price": 1}, None, {"price": 1}], 3)
-    return ProcessorRequest(IndexRef("memory://x", 2), queries, filters, 10, {"rerank_factor": 3}, 4).to_event()
+    return ProcessorRequest(IndexRef("memory://x", 2), queries, filters, 10, {"rerank_factor": 3}, 4, np.array([1, 5, 2], np.int32)
+    ).to_event()
 
 
 _DROP = object()

@@ -83,7 +83,9 @@ class Manifest:
         """Bytes of the partition and routing objects (the manifest itself excluded)."""
         return sum(e.size for e in self.partitions) + self.routing.size
 
-    def to_meta(self, attr_codes: tuple[NDArray[np.uint8], ...]) -> IndexMeta:
+    def to_meta(
+        self, attr_codes: tuple[NDArray[np.uint8], ...], list_centroids: tuple[NDArray[np.float32], ...]
+    ) -> IndexMeta:
         return IndexMeta(
             dim=self.dim,
             metric=self.metric,
@@ -94,6 +96,7 @@ class Manifest:
             attr_quantizer=self.attr_quantizer,
             attr_histograms=self.attr_histograms,
             attr_codes=attr_codes,
+            list_centroids=list_centroids,
             params=self.params,
         )
 

@@ -59,9 +59,9 @@ def open_index(store_or_uri: ObjectStore | str, version: int | None = None) -> S
     manifest = load_manifest(store, version)
     entry = manifest.routing
     data = _get_whole(store, entry)
-    header, codes = routing.decode_routing(data, entry.key, manifest.sizes)
+    header, codes, lists = routing.decode_routing(data, entry.key, manifest.sizes)
     _check_pinned(entry, header)
-    return StoredIndex(store, manifest, manifest.to_meta(codes))
+    return StoredIndex(store, manifest, manifest.to_meta(codes, lists))
 
 
 def _get_whole(store: ObjectStore, entry: ObjectEntry) -> bytes:

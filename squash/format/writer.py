@@ -97,7 +97,9 @@ def write_index(
             entries = tuple(pool.map(write_partition, parts))
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-        blob, header = routing.encode_routing(meta.attr_codes, len(meta.schema), build_id)
+        blob, header = routing.encode_routing(
+            meta.attr_codes, meta.list_centroids, len(meta.schema), meta.dim, build_id
+        )
         put(routing_key(build_id), blob)
         manifest = Manifest(
             version=0,

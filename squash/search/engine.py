@@ -12,24 +12,30 @@ from numpy.typing import NDArray
 from squash.model import IndexMeta
 from squash.search.merge import merge_partials
 from squash.search.params import SearchParams, check_k
-from squash.search.plan import plan_queries
+from squash.search.plan import Plan, plan_queries
 from squash.search.prepared import PreparedPartition
 from squash.search.queries import compile_filters, prepare_queries
 from squash.search.result import SearchResult, empty_stats
 from squash.search.scan import search_partition
 
 
-def group_by_partition(plans: list[NDArray[np.int64]]) -> dict[int, NDArray[np.int64]]:
-    """Queries per partition, from per-query partition lists."""
+def group_by_partition(plans: list[Plan]) -> dict[int, tuple[NDArray[np.int64], NDArray[np.int32]]]:
+    """Per partition: the queries visiting it and how many fine lists each scans there."""
     if not plans:
         return {}
-    lengths = np.array([len(p) for p in plans])
+    lengths = np.array([len(p) for p, _ in plans])
+    if not lengths.sum():
+        return {}
     queries = np.repeat(np.arange(len(plans)), lengths)
-    parts = np.concatenate(plans) if lengths.sum() else np.empty(0, dtype=np.int64)
+    parts = np.concatenate([p for p, _ in plans])
+    probes = np.concatenate([c for _, c in plans]).astype(np.int32)
     order = np.argsort(parts, kind="stable")
-    parts, queries = parts[order], queries[order]
+    parts, queries, probes = parts[order], queries[order], probes[order]
     cuts = np.flatnonzero(np.diff(parts)) + 1
-    return {int(p[0]): q for p, q in zip(np.split(parts, cuts), np.split(queries, cuts), strict=True) if len(p)}
+    return {
+        int(p[0]): (q, c)
+        for p, q, c in zip(np.split(parts, cuts), np.split(queries, cuts), np.split(probes, cuts), strict=True)
+    }
 
 
 def search(
@@ -53,8 +59,8 @@ def search(
     stats = empty_stats(nq)
     ids = np.full((nq, k), -1, dtype=np.int64)
     dists = np.full((nq, k), np.inf, dtype=np.float32)
-    for pid, qs in group_by_partition(plans).items():
-        part = search_partition(partition(pid), q[qs], [filters[i] for i in qs], k, params, meta.metric)
+    for pid, (qs, probes) in group_by_partition(plans).items():
+        part = search_partition(partition(pid), q[qs], [filters[i] for i in qs], k, params, meta.metric, probes)
         ids[qs], dists[qs] = merge_partials([(ids[qs], dists[qs]), (part.ids, part.distances)], k)
         for name, values in part.stats.items():
             stats[name][qs] += values

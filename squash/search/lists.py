@@ -52,25 +52,27 @@ def _ranges(starts: NDArray[np.int64], stops: NDArray[np.int64]) -> NDArray[np.i
 class _ListChoice:
     """The lists each query scans and, for filtered queries, which scanned rows pass the filter."""
 
-    def __init__(self, part: PreparedPartition, order: NDArray[np.int64], params: SearchParams, k: int) -> None:
+    def __init__(
+        self, part: PreparedPartition, order: NDArray[np.int64], probes: NDArray[np.int32], params: SearchParams, k: int
+    ) -> None:
         self.part = part
         self.order = order
         self.starts = part.data.list_starts
         self.sizes = np.diff(self.starts)
-        self.probe = min(params.probe, part.data.n_lists)
+        self.probes = np.clip(probes, 1, part.data.n_lists)
         self.target = max(k, params.probe_matches)
         self.lists: list[NDArray[np.int64]] = []
         self.masks: list[NDArray[np.bool_] | None] = []
 
     def unfiltered(self, i: int) -> None:
-        self.lists.append(self.order[i, : self.probe])
+        self.lists.append(self.order[i, : self.probes[i]])
         self.masks.append(None)
 
     def shared(self, i: int, full: NDArray[np.bool_], per_list: NDArray[np.int64]) -> None:
         """A query whose filter was evaluated over the whole partition (``full``, counts ``per_list``)."""
         ordered = self.order[i]
         enough = np.searchsorted(np.cumsum(per_list[ordered]), self.target)
-        lists = ordered[: max(self.probe, int(enough) + 1)]
+        lists = ordered[: max(int(self.probes[i]), int(enough) + 1)]
         self.lists.append(lists)
         self.masks.append(full[_ranges(self.starts[lists], self.starts[lists + 1])])
 
@@ -79,7 +81,7 @@ class _ListChoice:
         ordered = self.order[i]
         rows_so_far = np.cumsum(self.sizes[ordered])
         total_lists = len(ordered)
-        count = self.probe
+        count = int(self.probes[i])
         need = self.target / max(share, 1e-9) * _MATCH_SLACK
         count = max(count, int(np.searchsorted(rows_so_far, need)) + 1)
         data = self.part.data
@@ -102,19 +104,20 @@ def choose_lists(
     part: PreparedPartition,
     queries: NDArray[np.float32],
     filters: Sequence[CompiledFilter | None],
+    probes: NDArray[np.int32],
     k: int,
     params: SearchParams,
     metric: Metric,
 ) -> _ListChoice:
-    """Lists (and filter masks over their rows) for every query of ``queries``."""
-    choice = _ListChoice(part, list_order(part, queries, metric), params, k)
+    """Lists (and filter masks over their rows) for every query of ``queries``; ``probes`` lists at least."""
+    choice = _ListChoice(part, list_order(part, queries, metric), probes, params, k)
     users: dict[int, int] = {}
     for compiled in filters:
         users[id(compiled)] = users.get(id(compiled), 0) + 1
     shares: dict[int, float] = {}
     full: dict[int, tuple[NDArray[np.bool_], NDArray[np.int64]]] = {}
     data = part.data
-    scanned = choice.probe * part.size / max(data.n_lists, 1)
+    scanned = float(choice.probes.mean()) * part.size / max(data.n_lists, 1)
     for i, compiled in enumerate(filters):
         if compiled is None:
             choice.unfiltered(i)
@@ -139,6 +142,7 @@ def scan_lists(
     queries: NDArray[np.float32],
     qs: NDArray[np.int64],
     filters: Sequence[CompiledFilter | None],
+    probes: NDArray[np.int32],
     k: int,
     params: SearchParams,
     metric: Metric,
@@ -148,7 +152,7 @@ def scan_lists(
 
     Rows are -1 where a query has fewer candidates; ``filters[j]`` belongs to ``queries[qs[j]]``.
     """
-    choice = choose_lists(part, queries[qs], filters, k, params, metric)
+    choice = choose_lists(part, queries[qs], filters, probes, k, params, metric)
     starts = part.data.list_starts
     nq = len(qs)
     counts = np.array([len(lists) for lists in choice.lists], dtype=np.int64)

@@ -1,6 +1,8 @@
-"""Partition selection: centroid order, the centroid-factor threshold, and the single-pass rule.
+"""Partition selection: global fine-list ranking, the centroid-factor threshold, the single-pass rule.
 
-A query visits partitions in ascending centroid distance while they lie within ``centroid_factor``
+Every query ranks all fine lists of the index by centroid distance and takes the nearest ``probe``;
+the partitions owning them are visited, each told how many of its lists to scan. A filtered query
+also visits partitions in ascending centroid distance while they lie within ``centroid_factor``
 of the nearest, then keeps going until the partitions visited hold at least k vectors that
 *certainly* match its filter (or every partition with a possible match has been visited). Each
 visited processor returns min(k, its matches), so one pass yields min(k, total matches) results.
@@ -62,14 +64,32 @@ class _FilterCounts:
         return int(self.certain[partition])
 
 
+def list_counts(meta: IndexMeta, queries: NDArray[np.float32], probe: int) -> NDArray[np.int32]:
+    """(nq, P) how many of each query's ``probe`` nearest fine lists (over the whole index) each partition owns."""
+    centroids, norms, owner = meta.all_lists
+    nq, p = queries.shape[0], meta.n_partitions
+    if len(owner) == 0 or nq == 0:
+        return np.zeros((nq, p), dtype=np.int32)
+    dots = queries @ centroids.T
+    scores = -dots if meta.metric is Metric.IP else norms[None, :] - 2.0 * dots
+    take = min(probe, len(owner))
+    top = np.argpartition(scores, take - 1, axis=1)[:, :take] if take < len(owner) else None
+    owners = owner[top] if top is not None else np.broadcast_to(owner, (nq, len(owner)))
+    flat = (np.arange(nq)[:, None] * p + owners).ravel()
+    return np.bincount(flat, minlength=nq * p).reshape(nq, p).astype(np.int32)
+
+
+Plan = tuple[NDArray[np.int64], NDArray[np.int32]]
+
+
 def plan_queries(
     meta: IndexMeta,
     queries: NDArray[np.float32],
     filters: Sequence[CompiledFilter | None],
     k: int,
     params: SearchParams,
-) -> list[NDArray[np.int64]]:
-    """Partitions each query visits, nearest first.
+) -> list[Plan]:
+    """Per query: the partitions it visits (nearest first) and how many fine lists each scans.
 
     The threshold is anchored at the nearest partition that alone certainly holds k matches, not
     at the nearest partition: when a filter is anti-correlated with the query, the near partitions
@@ -79,16 +99,22 @@ def plan_queries(
     """
     scores = centroid_scores(meta, queries)
     order = np.argsort(scores, axis=1, kind="stable")
+    probes = list_counts(meta, queries, params.probe)
     counts: dict[int, _FilterCounts] = {}
-    plans: list[NDArray[np.int64]] = []
+    plans: list[Plan] = []
     cap = params.max_partitions or meta.n_partitions
     for i, compiled in enumerate(filters):
+        if compiled is None and not params.exact:
+            visit = order[i][probes[i, order[i]] > 0]
+            plans.append((visit, probes[i, visit]))
+            continue
         fc = counts.get(id(compiled))
         if fc is None:
             fc = counts[id(compiled)] = _FilterCounts(meta, compiled)
         candidates = [int(p) for p in order[i] if fc.possible[p] > 0]
         if params.exact or int(fc.possible.sum()) <= params.exact_budget:
-            plans.append(np.asarray(candidates, dtype=np.int64))
+            chosen = np.asarray(candidates, dtype=np.int64)
+            plans.append((chosen, np.maximum(probes[i, chosen], 1)))
             continue
         visit: list[int] = []
         certain = 0
@@ -106,5 +132,8 @@ def plan_queries(
             visit.append(partition)
             if certain < k:
                 certain += fc.certain_count(partition)
-        plans.append(np.asarray(visit, dtype=np.int64))
+        # Partitions owning one of the query's nearest lists are visited too, when they may match.
+        near = set(visit) | {p for p in candidates if probes[i, p] > 0}
+        chosen = np.asarray([p for p in candidates if p in near], dtype=np.int64)
+        plans.append((chosen, np.maximum(probes[i, chosen], 1)))
     return plans

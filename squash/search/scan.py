@@ -186,9 +186,11 @@ def search_partition(
     k: int,
     params: SearchParams,
     metric: Metric,
+    probes: NDArray[np.int32] | None = None,
 ) -> PartialResult:
     """Search one partition for every query of a batch; ``filters[i]`` applies to ``queries[i]``.
 
+    ``probes[i]`` is how many fine lists query i scans here (None: ``params.probe`` each).
     Queries that share a filter object share one candidate computation. Returns, per query, the
     partition's best min(k, matches) rows by exact distance, every one satisfying its filter.
     """
@@ -212,7 +214,8 @@ def search_partition(
     if scanning:
         qs = np.asarray(scanning, dtype=np.int64)
         codes = QueryCodes(part, queries, metric)
-        rows = scan_lists(part, codes, queries, qs, [filters[i] for i in scanning], k, params, metric, stats)
+        probe = np.full(len(qs), params.probe, dtype=np.int32) if probes is None else probes[qs]
+        rows = scan_lists(part, codes, queries, qs, [filters[i] for i in scanning], probe, k, params, metric, stats)
         stats["reranked"][qs] += (rows >= 0).sum(axis=1)
         ids[qs], dists[qs] = _finish(part, rows, queries[qs], metric, k)
     for members in groups.values():
