@@ -43,7 +43,12 @@ from squash.storage.faults import Fault, FaultInjectingStore
 NQ = 12
 K = 10
 COORDINATOR, ALLOCATOR = "squash-coordinator", "squash-allocator"
-NARROW = {"centroid_factor": 1.0, "max_partitions": 2, "exact_budget": 100, "probe": 2}  # so some queries skip any given partition
+NARROW = {
+    "centroid_factor": 1.0,
+    "max_partitions": 2,
+    "exact_budget": 100,
+    "probe": 2,
+}  # so some queries skip any given partition
 TALLY = {"injected": 0, "survived": 0}
 
 

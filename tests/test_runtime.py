@@ -389,7 +389,8 @@ def test_remote_invalid_input_keeps_its_type(built: Built) -> None:
 def processor_event() -> dict[str, Any]:
     queries = np.arange(3 * DIM, dtype=np.float32).reshape(3, DIM)
     filters = FilterSet.from_user([{"price": 1}, None, {"price": 1}], 3)
-    return ProcessorRequest(IndexRef("memory://x", 2), queries, filters, 10, {"rerank_factor": 3}, 4, np.array([1, 5, 2], np.int32)
+    return ProcessorRequest(
+        IndexRef("memory://x", 2), queries, filters, 10, {"rerank_factor": 3}, 4, np.array([1, 5, 2], np.int32)
     ).to_event()
 
 
