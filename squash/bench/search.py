@@ -37,7 +37,9 @@ ENOUGH = 0.995
 MIN_QUERIES = 20
 # One system's sweep on one workload stops after this many point budgets.
 SWEEP_POINT_BUDGETS = 10
-SQUASH_CHUNK = 50
+# Queries per call when a system can answer a batch: Squash always, the peers when the workload has no filter
+# (a per-query filter needs its own call in faiss and hnswlib).
+BATCH = 200
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 200
 HNSW_MIN_EF_CONSTRUCTION = 40
@@ -45,20 +47,20 @@ HNSW_MIN_EF_CONSTRUCTION = 40
 HNSW_GROWTH = 1.3
 NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 EFS = (10, 20, 40, 80, 160, 320, 640)
-# Squash knobs, roughly in increasing cost: centroid_factor and max_partitions pick partitions,
-# prefix_keep and rerank_factor the candidates within them.
+# Squash knobs, roughly in increasing cost: probe (fine lists per query) and probe_matches (matches a
+# filtered query scans for) set the candidates; centroid_factor adds partitions for filtered queries.
 SQUASH_SWEEP: tuple[dict[str, Any], ...] = (
-    {"centroid_factor": 1.0, "prefix_keep": 0.005, "rerank_factor": 2},
-    {"centroid_factor": 1.0, "prefix_keep": 0.01, "rerank_factor": 2},
-    {"centroid_factor": 1.0, "prefix_keep": 0.02, "rerank_factor": 4},
-    {"centroid_factor": 1.1, "max_partitions": 2, "prefix_keep": 0.01, "rerank_factor": 2},
-    {"centroid_factor": 1.2, "max_partitions": 2, "prefix_keep": 0.02, "rerank_factor": 4},
-    {"centroid_factor": 1.3, "max_partitions": 3, "prefix_keep": 0.02, "rerank_factor": 4},
-    {"centroid_factor": 1.3, "prefix_keep": 0.02, "rerank_factor": 2},
-    {"centroid_factor": 1.5, "prefix_keep": 0.05, "rerank_factor": 8},
-    {"centroid_factor": 2.0, "prefix_keep": 0.1, "rerank_factor": 8},
+    {"probe": 4, "probe_matches": 30},
+    {"probe": 8, "probe_matches": 50},
+    {"probe": 16, "probe_matches": 100},
+    {"probe": 24, "probe_matches": 150},
+    {"probe": 32, "probe_matches": 200},
+    {"probe": 48, "probe_matches": 300, "rerank_factor": 4},
+    {"probe": 64, "probe_matches": 400, "rerank_factor": 4},
+    {"probe": 128, "probe_matches": 800, "centroid_factor": 1.5, "rerank_factor": 4},
+    {"probe": 256, "probe_matches": 1600, "centroid_factor": 2.0, "prefix_keep": 0.05, "rerank_factor": 8},
 )
-QUICK_SWEEP = (SQUASH_SWEEP[0], SQUASH_SWEEP[2], SQUASH_SWEEP[4], SQUASH_SWEEP[6])
+QUICK_SWEEP = (SQUASH_SWEEP[1], SQUASH_SWEEP[2], SQUASH_SWEEP[4], SQUASH_SWEEP[6])
 
 Filter = dict[str, Any] | None
 Columns = dict[str, NDArray[Any]]
@@ -272,6 +274,28 @@ def _per_query(
     return Run(ids[:done], time.perf_counter() - start)
 
 
+def _timed(
+    search_one: Callable[[NDArray[np.float32], NDArray[np.bool_] | None], Ids],
+    search_batch: Callable[[NDArray[np.float32]], Ids],
+    queries: NDArray[np.float32],
+    filters: list[Filter],
+    columns: Columns,
+    budget: float,
+) -> Run:
+    """Unfiltered workloads in batches of BATCH, filtered ones one query at a time (see BATCH)."""
+    if filters[0] is not None:
+        return _per_query(search_one, queries, filters, columns, budget)
+    ids = np.full((len(queries), K), -1, dtype=np.int64)
+    start = time.perf_counter()
+    done = 0
+    while done < len(queries):
+        ids[done : done + BATCH] = search_batch(queries[done : done + BATCH])
+        done = min(len(queries), done + BATCH)
+        if done >= MIN_QUERIES and time.perf_counter() - start > budget:
+            break
+    return Run(ids[:done], time.perf_counter() - start)
+
+
 def _padded(found: NDArray[np.integer]) -> Ids:
     out = np.full(K, -1, dtype=np.int64)
     out[: len(found)] = found
@@ -291,8 +315,13 @@ def _faiss_system(
             params = faiss.SearchParametersIVF(sel=faiss.IDSelectorBitmap(bitmap), nprobe=nprobe)
         return index.search(q[None], K, params=params)[1][0]
 
+    def search_batch(q: NDArray[np.float32], nprobe: int) -> Ids:
+        return index.search(q, K, params=faiss.SearchParametersIVF(nprobe=nprobe))[1]
+
     def run(nprobe: int, q: NDArray[np.float32], filters: list[Filter], budget: float) -> Run:
-        return _per_query(lambda x, m: search_one(x, m, nprobe), q, filters, columns, budget)
+        return _timed(
+            lambda x, m: search_one(x, m, nprobe), lambda x: search_batch(x, nprobe), q, filters, columns, budget
+        )
 
     # Ending at nprobe = nlist lets the curve reach an exhaustive (for IVF-Flat, exact) scan.
     nprobes = [p for p in NPROBES if p < nlist] + [nlist]
@@ -375,9 +404,12 @@ def build_hnswlib(
             # hnswlib raises when it finds fewer than k matches: count that as an empty answer.
             return np.full(K, -1, dtype=np.int64)
 
+    def search_batch(q: NDArray[np.float32]) -> Ids:
+        return index.knn_query(q, K, num_threads=1)[0].astype(np.int64)
+
     def run(ef: int, q: NDArray[np.float32], filters: list[Filter], budget: float) -> Run:
         index.set_ef(ef)
-        return _per_query(search_one, q, filters, columns, budget)
+        return _timed(search_one, search_batch, q, filters, columns, budget)
 
     note = f"M={HNSW_M}, ef_construction={efc}"
     if probes:
@@ -420,6 +452,8 @@ def squash_bytes(index: Index) -> float:
 
 
 _SHORT = {
+    "probe": "probe",
+    "probe_matches": "pm",
     "centroid_factor": "cf",
     "max_partitions": "mp",
     "prefix_keep": "pk",
@@ -436,8 +470,8 @@ def build_squash(base: NDArray[Any], columns: Columns, sweep: Sequence[dict[str,
     settings: list[tuple[str, Any]] = []
     for knobs in sweep:
         if index.meta.n_partitions == 1:
-            # One partition: only the pruning knobs change anything.
-            knobs = {k: v for k, v in knobs.items() if k in ("prefix_keep", "rerank_factor")}
+            # One partition: only the list and pruning knobs change anything.
+            knobs = {k: v for k, v in knobs.items() if k not in ("centroid_factor", "max_partitions")}
         label = " ".join(f"{_SHORT[k]}={v}" for k, v in knobs.items())
         if label not in [s[0] for s in settings]:
             settings.append((label, knobs))
@@ -449,7 +483,7 @@ def build_squash(base: NDArray[Any], columns: Columns, sweep: Sequence[dict[str,
         start = time.perf_counter()
         done = 0
         while done < len(q):
-            rows = slice(done, done + SQUASH_CHUNK)
+            rows = slice(done, done + BATCH)
             chunk = filters[rows]
             result = index.search(q[rows], K, None if chunk[0] is None else chunk, **knobs)
             ids[rows] = result.ids
@@ -750,7 +784,7 @@ def bench_dataset(data: Dataset, workloads: list[Workload], args: argparse.Names
             work, curves = next((w, c) for w, c in results if w.selectivity == s)
             p = point_at(curves["Squash"], 0.95) or max(curves["Squash"], key=lambda p: p.recall)
             knobs = dict(squash.settings)[p.label]
-            sample = queries[: min(len(queries), SQUASH_CHUNK)]
+            sample = queries[: min(len(queries), BATCH)]
             report.append(f"\ncProfile, {len(sample)} queries, {work.label}, {p.label}:\n")
             report.append("```\n" + profile_top(index, sample, work, knobs) + "\n```")
 

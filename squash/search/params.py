@@ -15,11 +15,12 @@ class SearchParams:
     """Knobs of one search; every field has a default that reaches recall@10 >= 0.95 on our benchmarks.
 
     Attributes:
-        centroid_factor: visit partitions whose centroid distance is within this factor of the nearest.
+        centroid_factor: a filtered query also visits partitions whose centroid distance is within this
+            factor of the nearest partition that certainly holds k matches (1.0: up to that partition).
         max_partitions: visit at most this many partitions by centroid distance (None: no cap) unless
             more are needed to hold k filter-matching vectors.
-        probe: a visited partition scans the ``probe`` fine lists (k-means clusters of about 256 rows)
-            nearest the query; the larger, the higher the recall and the slower the scan.
+        probe: a query scans the ``probe`` fine lists (k-means clusters of about 256 rows) nearest to
+            it over the whole index, in the partitions that own them; larger is slower and more exact.
         probe_matches: a filtered query scans further lists, nearest first, until they hold this many
             matching rows (at least k), so filtered recall holds at any selectivity.
         hamming_keep: level 1 keeps this fraction of the candidates by Hamming distance of the leading
@@ -38,9 +39,9 @@ class SearchParams:
             provably equals brute force (slow; for verification).
     """
 
-    centroid_factor: float = 1.5
+    centroid_factor: float = 1.0
     max_partitions: int | None = None
-    probe: int = 16
+    probe: int = 32
     probe_matches: int = 100
     hamming_keep: float = 1.0
     hamming_floor: int = 200

@@ -35,6 +35,8 @@ from squash.search.prepared import PreparedPartition
 from squash.search.result import empty_stats
 
 _EXACT_BLOCK = 8192
+# Up to this many (query, row) pairs, distances are computed directly rather than screened by a product.
+_DIRECT_PAIRS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -69,18 +71,20 @@ def exact_distances(
 def _finish(
     part: PreparedPartition, rows: NDArray[np.int64], queries: NDArray[np.float32], metric: Metric, k: int
 ) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
-    """Top-k of candidate ``rows`` ((nq, m) per query, or (m,) shared) by exact distance.
+    """Top-k of candidate ``rows`` ((nq, m) per query, or (m,) shared) by exact distance; -1 rows are padding.
 
-    Shared rows are screened with one matrix product; the winners' distances are then recomputed
-    directly, so a vector's reported distance does not depend on which path found it.
+    Distances are computed directly per (query, row), so a vector's reported distance does not depend on
+    which path found it; many shared rows are first screened with one matrix product.
     """
-    screen = exact_distances(part.data.vectors, rows, queries, metric).astype(np.float32)
-    ids, _ = top_k(rows if rows.ndim == 2 else np.broadcast_to(rows, screen.shape), screen, k)
-    valid = ids >= 0
-    final = exact_distances(part.data.vectors, np.where(valid, ids, 0), queries, metric).astype(np.float32)
+    if rows.ndim == 1 and rows.shape[0] * len(queries) <= _DIRECT_PAIRS:
+        rows = np.broadcast_to(rows, (len(queries), rows.shape[0]))
+    if rows.ndim == 1:
+        screen = exact_distances(part.data.vectors, rows, queries, metric).astype(np.float32)
+        rows, _ = top_k(np.broadcast_to(rows, screen.shape), screen, k)
+    valid = rows >= 0
+    final = exact_distances(part.data.vectors, np.where(valid, rows, 0), queries, metric).astype(np.float32)
     final[~valid] = np.inf
-    # Recomputed distances can reorder near-ties; sort again on the final values, then map to global ids.
-    ids, dists = top_k(ids, final, k)
+    ids, dists = top_k(rows, final, k)
     return np.where(ids >= 0, part.data.ids[np.maximum(ids, 0)], -1), dists
 
 
@@ -164,9 +168,8 @@ def _exact_scan(
     part: PreparedPartition, cand: NDArray[np.int64], queries: NDArray[np.float32], metric: Metric, k: int
 ) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
     """Exact top-k over every candidate, in blocks so memory stays bounded."""
-    ids = np.full((len(queries), k), -1, dtype=np.int64)
-    dists = np.full((len(queries), k), np.inf, dtype=np.float32)
-    for start in range(0, cand.shape[0], _EXACT_BLOCK):
+    ids, dists = _finish(part, cand[:_EXACT_BLOCK], queries, metric, k)
+    for start in range(_EXACT_BLOCK, cand.shape[0], _EXACT_BLOCK):
         block = _finish(part, cand[start : start + _EXACT_BLOCK], queries, metric, k)
         ids, dists = merge_partials([(ids, dists), block], k)
     return ids, dists
