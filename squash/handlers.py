@@ -103,7 +103,7 @@ class HandlerContext:
 
     def __post_init__(self) -> None:
         self.indexes = LruCache(_INDEXES_KEPT, lambda _: 1)
-        self.partitions = LruCache(self.config.cache_budget, lambda p: p.data.nbytes)
+        self.partitions = LruCache(self.config.cache_budget, lambda p: p.nbytes)
         self._stores: dict[str, ObjectStore] = {}
         self._invocations = 0
         self._lock = threading.Lock()

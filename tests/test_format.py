@@ -3,6 +3,7 @@ the commit protocol (interrupted and concurrent builds), ranged partial reads an
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import uuid
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from squash.format.keys import (
     partition_key,
     routing_key,
 )
+from squash.format.partition_object import check_partition_shapes
 from squash.format.sections import ALIGNMENT, pack, unpack_all
 from squash.model import IndexMeta, PartitionData
 from squash.storage import ObjectStore, open_store
@@ -405,3 +407,12 @@ def test_collect_garbage(index_a: Built, index_b: Built) -> None:
     assert list_versions(store) == [3]
     assert {build_id_of(k) for k in store.list("builds/")} == {open_index(store).manifest.build_id}
     assert_same_index(*index_a, *load_all(store))
+
+
+def test_list_starts_that_do_not_cover_the_rows_are_corrupt(index_a: Built) -> None:
+    _, parts = index_a
+    part = parts[0]
+    for bad in (part.list_starts[::-1].copy(), part.list_starts + 1):
+        broken = dataclasses.replace(part, list_starts=bad)
+        with pytest.raises(CorruptObjectError, match=r"lists\.starts"):
+            check_partition_shapes(broken, {"rows": part.size, "dim": part.osq.dim}, "part-x")

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from squash.errors import InvalidInputError
-from squash.partition import Partitioning, assign_to_centroids, balanced_kmeans, default_partitions
+from squash.partition import Partitioning, assign_to_centroids, balanced_kmeans, default_partitions, kmeans
 
 SIFT_5K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sift-ngt-5k"
 
@@ -199,3 +199,16 @@ def test_neighbour_locality_on_sift() -> None:
     # Fraction of true top-10 neighbours inside the query's nearest 3 of 10 partitions: measured 0.923
     # (seeds 0-5: 0.916-0.924).
     assert hit.mean() >= 0.88, hit.mean()
+
+
+def test_kmeans_assigns_every_row_to_its_nearest_centroid_deterministically() -> None:
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(loc, 0.1, size=(300, 8)) for loc in (0.0, 5.0, 10.0)]).astype(np.float32)
+    centroids, labels = kmeans(x, 3, seed=1)
+    d = ((x[:, None, :] - centroids[None]) ** 2).sum(axis=2)
+    assert np.array_equal(labels, d.argmin(axis=1))
+    assert sorted(np.bincount(labels, minlength=3).tolist()) == [300, 300, 300]
+    again = kmeans(x, 3, seed=1)
+    assert np.array_equal(again[0], centroids) and np.array_equal(again[1], labels)
+    with pytest.raises(InvalidInputError, match="cannot form 5 clusters from 4 vectors"):
+        kmeans(x[:4], 5)

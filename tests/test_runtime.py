@@ -416,6 +416,7 @@ def test_processor_request_round_trip(processor_event: dict[str, Any]) -> None:
     )
     assert request.filters.exprs == ({"price": 1}, None) and request.filters.of.tolist() == [0, 1, 0]
     assert request.queries.dtype == np.float32 and request.queries[2, 0] == 2 * DIM
+    assert request.probes.tolist() == [1, 5, 2]
 
 
 @pytest.mark.parametrize(
@@ -450,6 +451,10 @@ def test_processor_request_round_trip(processor_event: dict[str, Any]) -> None:
             {"arrays": _arrays(queries=np.full((3, DIM), np.nan, np.float32), filter_of=np.zeros(3, np.int32))},
             "finite",
         ),
+        ({"probes": _DROP}, "missing field"),
+        ({"probes": _arrays(probes=np.ones(2, np.int32))}, "'probes' must be 3 int32"),
+        ({"probes": _arrays(probes=np.array([1, 0, 2], np.int32))}, "each at least 1"),
+        ({"probes": _arrays(probes=np.ones(3, np.int64))}, "'arrays.probes' must have dtype"),
     ],
 )
 def test_protocol_rejects_malformed_events(

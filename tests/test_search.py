@@ -257,3 +257,27 @@ def test_fashion_mnist_filtered_recall(fashion_index, case):
     assert_all_satisfy(result, masks)
     assert_exactly_k_or_all(result, masks, len(base))
     assert recall(result.ids, brute_force(base, queries, masks)) >= 0.95
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_list_scan_extends_lists_until_k_matches(synth, shared):
+    """Forced list scans (no candidate path) with one list per query still return exactly-k correct results."""
+    data, attrs, index = synth
+    a0 = attrs["a0"]
+    nq = len(data.queries)
+    starts = np.full(nq, 0.30) if shared else np.linspace(0.0, 0.9, nq)
+    filters = [{"a0": {"$gte": float(s), "$lt": float(s) + 0.05}} for s in starts]
+    masks = [(a0 >= s) & (a0 < s + 0.05) for s in starts]
+    knobs = {"probe": 1, "probe_matches": 1, "exact_threshold": 0}
+    result = index.search(data.queries, k=K, filter=filters[0] if shared else filters, **knobs)
+    assert_all_satisfy(result, masks)
+    assert_exactly_k_or_all(result, masks, len(data.base))
+    assert result.stats["exact_scans"].sum() == 0
+
+
+def test_more_probes_raise_unfiltered_recall(synth):
+    data, _, index = synth
+    truth = brute_force(data.base, data.queries, [None] * len(data.queries))
+    low = recall(index.search(data.queries, k=K, probe=1).ids, truth)
+    high = recall(index.search(data.queries, k=K, probe=64).ids, truth)
+    assert high >= 0.95 and high > low

@@ -1,7 +1,8 @@
 """Scanning a partition's fine lists: the IVF-style level that keeps a query off most rows.
 
-A partition's rows are grouped into k-means lists. A query ranks the lists by centroid distance and
-scans the nearest ``probe`` of them; a filtered query keeps adding lists, in the same order, until the
+A partition's rows are grouped into k-means lists. A query ranks the partition's lists by centroid
+distance and scans as many of the nearest as the planner assigned it (its share of the ``probe``
+nearest lists of the whole index); a filtered query keeps adding lists, in the same order, until the
 scanned rows hold ``probe_matches`` rows that pass its filter (at least k, or every list), so a
 partition with m matches still returns min(k, m) of them. The filter is evaluated on the scanned rows
 only, never on the whole partition, unless several queries share it.

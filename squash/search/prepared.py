@@ -105,6 +105,13 @@ class PreparedPartition:
     def size(self) -> int:
         return self.data.size
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held: the partition's arrays plus what was derived from them (what a warm cache pays)."""
+        derived = [self.prefix, self.prefix_norms, self.list_norms, self.histograms]
+        derived += [array for pair in self._postings.values() for array in pair]
+        return self.data.nbytes + sum(int(a.nbytes) for a in derived)
+
     def postings(self, attribute: int) -> tuple[NDArray[np.int32], NDArray[np.int64]]:
         """(rows sorted by code, start offset of each code (257,)) for one attribute, built lazily."""
         if attribute not in self._postings:

@@ -14,7 +14,9 @@ Levels, in order (design/algorithm.md 5.3, with Squash's placement of the exact 
 4. exact distances on the original vectors re-rank them, and the best k are returned.
 
 A partition with few candidates, or any partition in ``exact`` mode, skips the pruning levels
-and ranks every candidate exactly.
+and ranks every candidate exactly. Queries without a filter, or whose filter is expected to match
+more than ``exact_threshold`` rows here, scan fine lists instead (:mod:`squash.search.lists`):
+the lists replace levels 0-1, and levels 2-4 run on the rows scanned.
 """
 
 from __future__ import annotations
