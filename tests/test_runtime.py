@@ -248,7 +248,7 @@ def test_processor_slots_route_partitions_by_modulo(built: Built) -> None:
 
 
 def test_lru_evicts_under_a_tiny_budget(built: Built) -> None:
-    sizes = [built.index.partition(p).data.nbytes for p in range(PARTITIONS)]
+    sizes = [built.index.partition(p).nbytes for p in range(PARTITIONS)]
     budget = int(1.5 * max(sizes))  # room for one partition at a time
     config = RuntimeConfig(processor_functions=("only-slot",), memory_mb=128, cache_fraction=budget / (128 << 20))
     client = squash.Client(built.uri, config=config)
