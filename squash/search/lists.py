@@ -23,7 +23,7 @@ from squash.filter import CompiledFilter
 from squash.model import Metric
 from squash.search.levels import QueryCodes, select_smallest, tail_bounds
 from squash.search.params import SearchParams
-from squash.search.prepared import PreparedPartition
+from squash.search.prepared import PreparedPartition, concat_ranges
 
 # Evaluate a shared filter over the whole partition once when its queries would scan more rows than this
 # fraction of the partition between them.
@@ -33,21 +33,18 @@ _SHARED_FILTER_SHARE = 0.5
 _MATCH_SLACK = 1.25
 
 
+def list_scores(
+    queries: NDArray[np.float32], centroids: NDArray[np.float32], norms: NDArray[np.float32], metric: Metric
+) -> NDArray[np.float32]:
+    """(nq, L) ranking scores of lists, smaller nearer: squared L2 less |q|^2, or negated inner product."""
+    dots = queries @ centroids.T
+    return -dots if metric is Metric.IP else norms[None, :] - 2.0 * dots
+
+
 def list_order(part: PreparedPartition, queries: NDArray[np.float32], metric: Metric) -> NDArray[np.int64]:
     """(nq, L) list ids per query, nearest centroid first (largest inner product for ``ip``)."""
-    dots = queries @ part.data.list_centroids.T
-    scores = -dots if metric is Metric.IP else part.list_norms[None, :] - 2.0 * dots
+    scores = list_scores(queries, part.data.list_centroids, part.list_norms, metric)
     return np.argsort(scores, axis=1, kind="stable")
-
-
-def _ranges(starts: NDArray[np.int64], stops: NDArray[np.int64]) -> NDArray[np.int64]:
-    """Concatenation of ``arange(starts[i], stops[i])`` for every i, without a Python loop."""
-    lengths = stops - starts
-    total = int(lengths.sum())
-    if total == 0:
-        return np.empty(0, dtype=np.int64)
-    shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
-    return shift + np.arange(total, dtype=np.int64)
 
 
 class _ListChoice:
@@ -75,7 +72,7 @@ class _ListChoice:
         enough = np.searchsorted(np.cumsum(per_list[ordered]), self.target)
         lists = ordered[: max(int(self.probes[i]), int(enough) + 1)]
         self.lists.append(lists)
-        self.masks.append(full[_ranges(self.starts[lists], self.starts[lists + 1])])
+        self.masks.append(full[concat_ranges(self.starts[lists], self.starts[lists + 1])])
 
     def filtered(self, i: int, compiled: CompiledFilter, share: float) -> None:
         """A query with its own filter: evaluate it on the nearest lists until they hold enough matches."""
@@ -89,7 +86,7 @@ class _ListChoice:
         while True:
             count = min(count, total_lists)
             lists = ordered[:count]
-            rows = _ranges(self.starts[lists], self.starts[lists + 1])
+            rows = concat_ranges(self.starts[lists], self.starts[lists + 1])
             mask = compiled.matches(data.attr_codes, data.attr_raw, rows=rows)
             found = int(np.count_nonzero(mask))
             if found >= self.target or count == total_lists:

@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 
 from squash.filter import FULL, CompiledFilter
 from squash.model import IndexMeta, Metric
+from squash.search.lists import list_scores
 from squash.search.params import SearchParams
 
 
@@ -70,8 +71,7 @@ def list_counts(meta: IndexMeta, queries: NDArray[np.float32], probe: int) -> ND
     nq, p = queries.shape[0], meta.n_partitions
     if len(owner) == 0 or nq == 0:
         return np.zeros((nq, p), dtype=np.int32)
-    dots = queries @ centroids.T
-    scores = -dots if meta.metric is Metric.IP else norms[None, :] - 2.0 * dots
+    scores = list_scores(queries, centroids, norms, meta.metric)
     take = min(probe, len(owner))
     top = np.argpartition(scores, take - 1, axis=1)[:, :take] if take < len(owner) else None
     owners = owner[top] if top is not None else np.broadcast_to(owner, (nq, len(owner)))

@@ -20,6 +20,16 @@ _BLOCK_ROWS = 16_384
 _INDEX_LOOKUP_LIMIT = 0.25
 
 
+def concat_ranges(starts: NDArray[np.int64], stops: NDArray[np.int64]) -> NDArray[np.int64]:
+    """Concatenation of ``arange(starts[i], stops[i])`` for every i, without a Python loop."""
+    lengths = stops - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return np.empty(0, dtype=np.int64)
+    shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+    return shift + np.arange(total, dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class RotationPrefix:
     """The first columns of a rotation: same arithmetic as :meth:`Rotation.apply`, fewer outputs."""
@@ -134,10 +144,7 @@ class PreparedPartition:
             if possible <= _INDEX_LOOKUP_LIMIT * self.size:
                 order, offsets = self.postings(attribute)
                 codes = np.flatnonzero(allowed & (self.histograms[attribute] > 0))
-                starts, stops = offsets[codes], offsets[codes + 1]
-                lengths = stops - starts
-                index = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
-                rows = np.sort(order[index + np.arange(lengths.sum())]).astype(np.int64)
+                rows = np.sort(order[concat_ranges(offsets[codes], offsets[codes + 1])]).astype(np.int64)
         if rows is None:
             mask = compiled.matches(self.data.attr_codes, self.data.attr_raw)
             return np.flatnonzero(mask)
