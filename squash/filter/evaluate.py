@@ -105,15 +105,18 @@ class CompiledFilter:
         counts, and combinations use Frechet bounds (AND: certain ``sum - (k-1)·n``, possible min; OR: certain
         max, possible sum capped at n).
         """
-        histograms = np.asarray(histograms)
+        certain, possible = self.partition_bounds(np.asarray(histograms)[None])
+        return int(certain[0]), int(possible[0])
+
+    def partition_bounds(self, histograms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`state_histogram_bounds` for many partitions at once: (P, A, 256) -> two (P,) int64 arrays."""
         a = len(self.quantizer.schema)
-        if histograms.shape != (a, _CODES) or histograms.dtype.kind not in "iu":
+        if histograms.ndim != 3 or histograms.shape[1:] != (a, _CODES) or histograms.dtype.kind not in "iu":
             raise InvalidInputError(f"code histograms must be an integer array of shape ({a}, {_CODES})")
-        totals = histograms.sum(axis=1)
-        if (totals != totals[0]).any():
+        totals = histograms.sum(axis=2, dtype=np.int64)
+        if (totals != totals[:, :1]).any():
             raise InvalidInputError("code histograms of one partition must all count the same number of rows")
-        certain, possible = _bounds(self._root, histograms, int(totals[0]))
-        return certain, possible
+        return _bounds(self._root, histograms.astype(np.int64, copy=False), totals[:, 0] if a else totals.sum(1))
 
     def estimate(self, histograms: np.ndarray) -> float:
         """Expected matching rows of a partition from its code histograms (A, 256), for planning only.
@@ -124,8 +127,8 @@ class CompiledFilter:
         n = int(histograms[0].sum()) if len(histograms) else 0
         if n == 0:
             return 0.0
-        certain, possible = _bounds(self._root, histograms, n)
-        return float(min(max(_share(self._root, histograms, n) * n, certain), possible))
+        certain, possible = _bounds(self._root, histograms[None].astype(np.int64, copy=False), np.array([n]))
+        return float(min(max(_share(self._root, histograms, n) * n, int(certain[0])), int(possible[0])))
 
     def driver(self, histograms: np.ndarray) -> tuple[int, np.ndarray] | None:
         """An attribute whose non-NONE codes hold every matching row, for index lookups.
@@ -217,19 +220,20 @@ def _states(node: _Node, codes: np.ndarray) -> np.ndarray:
     raise TypeError(f"not a compiled node: {node!r}")
 
 
-def _bounds(node: _Node, histograms: np.ndarray, n: int) -> tuple[int, int]:
+def _bounds(node: _Node, histograms: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(certain, possible) per partition of ``histograms`` (P, A, 256), ``n`` (P,) rows each."""
     match node:
         case _Table(attribute, states):
-            counts = histograms[attribute]
-            return int(counts[states == FULL].sum()), int(counts[states != NONE].sum())
+            counts = histograms[:, attribute]
+            return counts[:, states == FULL].sum(axis=1), counts[:, states != NONE].sum(axis=1)
         case _Negate(child):
             certain, possible = _bounds(child, histograms, n)
             return n - possible, n - certain
         case _Combine(is_and, children):
             certain, possible = zip(*(_bounds(c, histograms, n) for c in children), strict=True)
             if is_and:
-                return max(0, sum(certain) - (len(children) - 1) * n), min(possible)
-            return max(certain), min(n, sum(possible))
+                return np.maximum(0, sum(certain) - (len(children) - 1) * n), np.minimum.reduce(possible)
+            return np.maximum.reduce(certain), np.minimum(n, sum(possible))
     raise TypeError(f"not a compiled node: {node!r}")
 
 

@@ -40,29 +40,37 @@ def _within(scores: NDArray[np.float64], anchor: float, factor: float) -> NDArra
     return scores - anchor <= (factor - 1.0) * abs(anchor) + 1e-12
 
 
+# Certain counts read a partition's attribute codes in blocks of this many rows (doubling), stopping
+# once the count reaches k: planning a query costs O(k / selectivity) rows, not O(partition).
+_COUNT_BLOCK = 4096
+
+
 class _FilterCounts:
-    """Per-filter (certain, possible) counts per partition, refined to exact certain counts lazily."""
+    """Per-filter bounds on each partition's matching rows; certain counts refined lazily from codes."""
 
     def __init__(self, meta: IndexMeta, compiled: CompiledFilter | None) -> None:
         self.meta = meta
         self.compiled = compiled
-        p = meta.n_partitions
         if compiled is None:
-            self.certain = meta.sizes.astype(np.int64).copy()
-            self.possible = self.certain.copy()
-            self.exact = np.ones(p, dtype=bool)
+            self.bound = meta.sizes.astype(np.int64).copy()
+            self.possible = self.bound.copy()
         else:
-            bounds = [compiled.state_histogram_bounds(meta.attr_histograms[i]) for i in range(p)]
-            self.certain = np.array([b[0] for b in bounds], dtype=np.int64)
-            self.possible = np.array([b[1] for b in bounds], dtype=np.int64)
-            self.exact = self.certain == self.possible
+            self.bound, self.possible = compiled.partition_bounds(meta.attr_histograms)
+        # Certain matches found in the first ``counted`` rows of each partition; nothing to count where the
+        # histogram bounds meet.
+        self.found = np.zeros_like(self.bound)
+        self.counted = np.where(self.bound == self.possible, meta.sizes, 0).astype(np.int64)
 
-    def certain_count(self, partition: int) -> int:
-        if not self.exact[partition] and self.compiled is not None:
-            states = self.compiled.cell_states(self.meta.attr_codes[partition])
-            self.certain[partition] = int(np.count_nonzero(states == FULL))
-            self.exact[partition] = True
-        return int(self.certain[partition])
+    def certain_count(self, partition: int, need: int) -> int:
+        """Rows of ``partition`` that certainly match: exact, or a lower bound that is at least ``need``."""
+        codes = self.meta.attr_codes[partition]
+        p = partition
+        while self.compiled is not None and max(self.bound[p], self.found[p]) < need and self.counted[p] < len(codes):
+            start = int(self.counted[p])
+            stop = min(len(codes), start + max(_COUNT_BLOCK, start))
+            self.found[p] += int(np.count_nonzero(self.compiled.cell_states(codes[start:stop]) == FULL))
+            self.counted[p] = stop
+        return int(max(self.bound[p], self.found[p]))
 
 
 def list_counts(meta: IndexMeta, queries: NDArray[np.float32], probe: int) -> NDArray[np.int32]:
@@ -122,16 +130,16 @@ def plan_queries(
         for partition in candidates:
             if anchor is None:
                 visit.append(partition)
-                if fc.certain_count(partition) >= k:
+                if fc.certain_count(partition, k) >= k:
                     anchor = scores[i, partition]
                     inside = _within(scores[i], anchor, params.centroid_factor)
-                certain += fc.certain_count(partition) if certain < k else 0
+                certain += fc.certain_count(partition, k - certain) if certain < k else 0
                 continue
             if certain >= k and (not inside[partition] or len(visit) >= cap):
                 break
             visit.append(partition)
             if certain < k:
-                certain += fc.certain_count(partition)
+                certain += fc.certain_count(partition, k - certain)
         # Partitions owning one of the query's nearest lists are visited too, when they may match.
         near = set(visit) | {p for p in candidates if probes[i, p] > 0}
         chosen = np.asarray([p for p in candidates if p in near], dtype=np.int64)

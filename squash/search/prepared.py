@@ -72,6 +72,8 @@ class PreparedPartition:
       ``prefix_norms`` their squared norms, for the prefix bound computed with one matrix product
       (float64 so a query's bounds do not depend on which other queries share the product);
     - ``list_norms``: squared norms of the fine-list centroids, for ranking lists per query;
+    - ``vector_norms`` (float32 squared norms of the raw vectors) and ``max_norm``, for the float32
+      screen ahead of the exact re-rank;
     - per-attribute posting lists (rows grouped by code) and code histograms, so a selective filter
       costs O(matches) instead of a pass over every row (low-selectivity and anti-correlated queries).
     """
@@ -81,6 +83,8 @@ class PreparedPartition:
     prefix: NDArray[np.float64] = field(init=False)
     prefix_norms: NDArray[np.float64] = field(init=False)
     list_norms: NDArray[np.float32] = field(init=False)
+    vector_norms: NDArray[np.float32] = field(init=False)
+    max_norm: float = field(init=False)
     cells: FlatCells = field(init=False)
     _postings: dict[int, tuple[NDArray[np.int32], NDArray[np.int64]]] = field(init=False, default_factory=dict)
 
@@ -103,6 +107,12 @@ class PreparedPartition:
             else np.zeros((0, d0), dtype=np.float64)
         )
         self.prefix_norms = (self.prefix**2).sum(axis=1)
+        blocks = range(0, self.size, _BLOCK_ROWS)
+        norms = np.concatenate(
+            [(vectors[i : i + _BLOCK_ROWS].astype(np.float64) ** 2).sum(axis=1) for i in blocks] or [np.zeros(0)]
+        )
+        self.vector_norms = norms.astype(np.float32)
+        self.max_norm = float(np.sqrt(norms.max())) if self.size else 0.0
         centroids = self.data.list_centroids
         self.list_norms = np.einsum("ij,ij->i", centroids, centroids)
         self.cells = FlatCells.from_table(self.data.osq.cells, first_dim=d0)
@@ -118,7 +128,7 @@ class PreparedPartition:
     @property
     def nbytes(self) -> int:
         """Memory held: the partition's arrays plus what was derived from them (what a warm cache pays)."""
-        derived = [self.prefix, self.prefix_norms, self.list_norms, self.histograms]
+        derived = [self.prefix, self.prefix_norms, self.list_norms, self.vector_norms, self.histograms]
         derived += [array for pair in self._postings.values() for array in pair]
         return self.data.nbytes + sum(int(a.nbytes) for a in derived)
 

@@ -37,6 +37,10 @@ from squash.search.prepared import PreparedPartition
 from squash.search.result import empty_stats
 
 _EXACT_BLOCK = 8192
+# Pairs times dimensions per chunk of direct distance computation (16 MB of float64).
+_PAIR_CHUNK = 1 << 21
+# Per-query candidate sets wider than this many times k are screened in float32 before the exact pass.
+_SCREEN_FACTOR = 4
 # Up to this many (query, row) pairs, distances are computed directly rather than screened by a product.
 _DIRECT_PAIRS = 1 << 16
 
@@ -53,21 +57,75 @@ class PartialResult:
 def exact_distances(
     vectors: NDArray[np.generic], rows: NDArray[np.int64], queries: NDArray[np.float32], metric: Metric
 ) -> NDArray[np.float64]:
-    """Exact distances (nq, m) of ``queries`` (nq, D) to ``vectors[rows]``; rows (nq, m) or (m,)."""
+    """Exact distances (nq, m) of ``queries[i]`` to ``vectors[rows[i]]``, computed directly in float64.
+
+    Every reported distance comes from here, so a vector's distance never depends on which path, batch
+    or partition found it. Queries go in chunks so memory stays bounded.
+    """
+    nq, m = rows.shape
+    out = np.empty((nq, m), dtype=np.float64)
+    step = max(1, _PAIR_CHUNK // max(m * vectors.shape[1], 1))
+    for start in range(0, nq, step):
+        x = vectors[rows[start : start + step]].astype(np.float64)
+        q = queries[start : start + step, None, :].astype(np.float64)
+        if metric is Metric.L2:
+            np.subtract(x, q, out=x)
+            out[start : start + step] = np.einsum("qmd,qmd->qm", x, x)
+            continue
+        dots = np.einsum("qmd,qmd->qm", x, q)
+        out[start : start + step] = -dots if metric is Metric.IP else 1.0 - dots
+    return out
+
+
+def _screen(
+    vectors: NDArray[np.generic], rows: NDArray[np.int64], queries: NDArray[np.float32], metric: Metric
+) -> NDArray[np.float32]:
+    """Distances (nq, m) of ``queries`` to shared ``rows`` by one matrix product: a screen, not for reporting."""
     q = queries.astype(np.float64)
-    if rows.ndim == 1:
-        x = vectors[rows].astype(np.float64)
-        if metric is Metric.L2:
-            sq = (x * x).sum(axis=1)[None, :] - 2.0 * (q @ x.T) + (q * q).sum(axis=1)[:, None]
-            return np.maximum(sq, 0.0)
-        dots = q @ x.T
+    x = vectors[rows].astype(np.float64)
+    dots = q @ x.T
+    if metric is Metric.L2:
+        sq = (x * x).sum(axis=1)[None, :] - 2.0 * dots + (q * q).sum(axis=1)[:, None]
+        return np.maximum(sq, 0.0).astype(np.float32)
+    return (-dots if metric is Metric.IP else 1.0 - dots).astype(np.float32)
+
+
+def _global_ids(part: PreparedPartition, rows: NDArray[np.int64]) -> NDArray[np.int64]:
+    return np.where(rows >= 0, part.data.ids[np.maximum(rows, 0)], -1)
+
+
+def _screen_rows(
+    part: PreparedPartition, rows: NDArray[np.int64], queries: NDArray[np.float32], metric: Metric, k: int
+) -> NDArray[np.int64]:
+    """The rows (nq, w <= m) of ``rows`` (nq, m) that can hold each query's exact top-k, found in float32.
+
+    A float32 distance is within ``margin`` of the exact one (the dot product's rounding bound,
+    D * 2^-24 * |q| * |x|, doubled for safety), so every row whose screened distance is within twice
+    the margin of the k-th smallest is kept: the exact pass that follows returns the same top-k as
+    without the screen, at a quarter of the memory traffic.
+    """
+    nq, m = rows.shape
+    valid = rows >= 0
+    safe = np.where(valid, rows, 0)
+    screen = np.empty((nq, m), dtype=np.float32)
+    q32 = queries.astype(np.float32)
+    step = max(1, 2 * _PAIR_CHUNK // max(m * queries.shape[1], 1))
+    for start in range(0, nq, step):
+        x = part.data.vectors[safe[start : start + step]].astype(np.float32, copy=False)
+        screen[start : start + step] = np.matmul(x, q32[start : start + step, :, None])[..., 0]
+    qnorm = np.sqrt((q32.astype(np.float64) ** 2).sum(axis=1))
+    margin = 4.0 * queries.shape[1] * 2.0**-24 * qnorm * part.max_norm
+    if metric is Metric.IP:
+        screen = -screen
     else:
-        x = vectors[rows].astype(np.float64)
-        if metric is Metric.L2:
-            diff = x - q[:, None, :]
-            return np.einsum("qmd,qmd->qm", diff, diff)
-        dots = np.einsum("qmd,qd->qm", x, q)
-    return -dots if metric is Metric.IP else 1.0 - dots
+        margin = 2.0 * margin + 4.0 * queries.shape[1] * 2.0**-24 * (qnorm**2 + part.max_norm**2)
+        screen = part.vector_norms[safe] - 2.0 * screen
+    screen[~valid] = np.inf
+    kth = np.partition(screen, k - 1, axis=1)[:, k - 1]
+    inside = screen <= (kth + 2.0 * margin)[:, None]
+    width = int(inside.sum(axis=1).max())
+    chosen = select_smallest(np.where(inside, screen, np.inf), width)
+    return np.where(np.take_along_axis(inside & valid, chosen, 1), np.take_along_axis(rows, chosen, 1), -1)
 
 
 def _finish(
@@ -75,19 +133,44 @@ def _finish(
 ) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
     """Top-k of candidate ``rows`` ((nq, m) per query, or (m,) shared) by exact distance; -1 rows are padding.
 
-    Distances are computed directly per (query, row), so a vector's reported distance does not depend on
-    which path found it; many shared rows are first screened with one matrix product.
+    Many shared rows are first screened with one matrix product, wide per-query sets with a float32
+    screen; the survivors' distances are then computed directly, as everywhere else.
     """
     if rows.ndim == 1 and rows.shape[0] * len(queries) <= _DIRECT_PAIRS:
         rows = np.broadcast_to(rows, (len(queries), rows.shape[0]))
     if rows.ndim == 1:
-        screen = exact_distances(part.data.vectors, rows, queries, metric).astype(np.float32)
+        screen = _screen(part.data.vectors, rows, queries, metric)
         rows, _ = top_k(np.broadcast_to(rows, screen.shape), screen, k)
+    if rows.shape[1] > _SCREEN_FACTOR * k:
+        rows = _screen_rows(part, rows, queries, metric, k)
     valid = rows >= 0
     final = exact_distances(part.data.vectors, np.where(valid, rows, 0), queries, metric).astype(np.float32)
     final[~valid] = np.inf
     ids, dists = top_k(rows, final, k)
-    return np.where(ids >= 0, part.data.ids[np.maximum(ids, 0)], -1), dists
+    return _global_ids(part, ids), dists
+
+
+def _exact_ragged(
+    part: PreparedPartition,
+    jobs: list[tuple[NDArray[np.int64], NDArray[np.int64]]],
+    queries: NDArray[np.float32],
+    metric: Metric,
+    k: int,
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float32]]:
+    """Exact top-k for many small candidate sets at once: ``jobs`` are (queries, their shared rows).
+
+    The sets are padded side by side into one (queries, widest set) table, so one distance pass and one
+    top-k serve them all instead of a round of numpy calls per query; returns (queries, ids, distances).
+    """
+    qs = np.concatenate([members for members, _ in jobs])
+    sizes = np.concatenate([np.full(len(members), len(cand), dtype=np.int64) for members, cand in jobs])
+    rows = np.concatenate([np.tile(cand, len(members)) for members, cand in jobs])
+    slot = np.repeat(np.arange(len(qs)), sizes)
+    column = np.arange(rows.shape[0]) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    table = np.full((len(qs), int(sizes.max())), -1, dtype=np.int64)
+    table[slot, column] = rows
+    ids, dists = _finish(part, table, queries[qs], metric, k)
+    return qs, ids, dists
 
 
 def _prefix_bound(
@@ -223,6 +306,7 @@ def search_partition(
         rows = scan_lists(part, codes, queries, qs, [filters[i] for i in scanning], probe, k, params, metric, stats)
         stats["reranked"][qs] += (rows >= 0).sum(axis=1)
         ids[qs], dists[qs] = _finish(part, rows, queries[qs], metric, k)
+    small: list[tuple[NDArray[np.int64], NDArray[np.int64]]] = []
     for members in groups.values():
         qs = np.asarray(members, dtype=np.int64)
         cand = part.candidates(filters[members[0]])
@@ -235,11 +319,17 @@ def search_partition(
         if params.exact or m <= params.exact_threshold:
             stats["exact_scans"][qs] += 1
             stats["reranked"][qs] += m
-            ids[qs], dists[qs] = _exact_scan(part, cand, queries[qs], metric, k)
+            if m * len(qs) <= _DIRECT_PAIRS:
+                small.append((qs, cand))
+            else:
+                ids[qs], dists[qs] = _exact_scan(part, cand, queries[qs], metric, k)
             continue
         if codes is None:
             codes = QueryCodes(part, queries, metric)
         rows = _pruned(part, cand, codes, k, params, metric, stats, qs)
         stats["reranked"][qs] += rows.shape[-1]
         ids[qs], dists[qs] = _finish(part, rows, queries[qs], metric, k)
+    if small:
+        qs, found, found_dists = _exact_ragged(part, small, queries, metric, k)
+        ids[qs], dists[qs] = found, found_dists
     return PartialResult(ids, dists, stats)
