@@ -157,10 +157,16 @@ def check_guarantee(f: CompiledFilter, codes: np.ndarray, raw: dict[str, np.ndar
     np.testing.assert_array_equal(f.exact(raw, rows), exact[rows])
     mask = rng.random(codes.shape[0]) < 0.5
     np.testing.assert_array_equal(f.matches(codes, raw, mask), exact[mask])
-    # Three "partitions" of the rows, each with its own code histograms.
-    for part in np.array_split(rng.permutation(codes.shape[0]), 3):
-        certain, possible = f.state_histogram_bounds(histograms(codes[part]))
+    # Three "partitions" of the rows, each with its own code histograms; bounds for all three at once agree.
+    parts = np.array_split(rng.permutation(codes.shape[0]), 3)
+    stacked = np.stack([histograms(codes[part]) for part in parts])
+    all_certain, all_possible = f.partition_bounds(stacked)
+    ceilings = f.full_ceiling(stacked)
+    for i, part in enumerate(parts):
+        certain, possible = f.state_histogram_bounds(stacked[i])
+        assert (certain, possible) == (all_certain[i], all_possible[i])
         assert certain <= int(exact[part].sum()) <= possible
+        assert certain <= int((states[part] == FULL).sum()) <= ceilings[i]
         if len(fields_of(f.predicate)) == 1:
             part_states = states[part]
             assert certain == int((part_states == FULL).sum())

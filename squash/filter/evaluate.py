@@ -65,10 +65,13 @@ class CompiledFilter:
 
     def cell_states(self, codes: np.ndarray) -> np.ndarray:
         """Three-valued state per row: (n, A) uint8 codes -> (n,) uint8 of NONE, PARTIAL or FULL."""
+        self._check_codes(codes)
+        return _states(self._root, codes)
+
+    def _check_codes(self, codes: np.ndarray) -> None:
         a = len(self.quantizer.schema)
         if not isinstance(codes, np.ndarray) or codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != a:
             raise InvalidInputError(f"attribute codes must be a uint8 array of shape (n, {a})")
-        return _states(self._root, codes)
 
     def exact(self, raw: Mapping[str, np.ndarray], rows: np.ndarray | None = None) -> np.ndarray:
         """Exact bool mask over ``rows`` (int indices or bool mask; None: all rows) of the raw columns."""
@@ -90,7 +93,8 @@ class CompiledFilter:
         if rows is not None:
             rows = np.asarray(rows)
             rows = np.flatnonzero(rows) if rows.dtype == bool else rows
-        states = self.cell_states(codes if rows is None else codes[rows])
+        self._check_codes(codes)
+        states = _states_at(self._root, codes, rows)
         result = states == FULL
         partial = np.flatnonzero(states == PARTIAL)
         if partial.size:
@@ -110,13 +114,25 @@ class CompiledFilter:
 
     def partition_bounds(self, histograms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`state_histogram_bounds` for many partitions at once: (P, A, 256) -> two (P,) int64 arrays."""
+        histograms, n = self._checked(histograms)
+        return _bounds(self._root, histograms, n)
+
+    def full_ceiling(self, histograms: np.ndarray) -> np.ndarray:
+        """Upper bound per partition (P,) on the rows whose codes alone prove a match (state FULL).
+
+        Where it equals the certain bound, counting FULL rows from the codes cannot find more.
+        """
+        histograms, n = self._checked(histograms)
+        return _full_max(self._root, histograms, n)
+
+    def _checked(self, histograms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         a = len(self.quantizer.schema)
         if histograms.ndim != 3 or histograms.shape[1:] != (a, _CODES) or histograms.dtype.kind not in "iu":
             raise InvalidInputError(f"code histograms must be an integer array of shape ({a}, {_CODES})")
         totals = histograms.sum(axis=2, dtype=np.int64)
         if (totals != totals[:, :1]).any():
             raise InvalidInputError("code histograms of one partition must all count the same number of rows")
-        return _bounds(self._root, histograms.astype(np.int64, copy=False), totals[:, 0] if a else totals.sum(1))
+        return histograms.astype(np.int64, copy=False), totals[:, 0] if a else totals.sum(axis=1)
 
     def estimate(self, histograms: np.ndarray) -> float:
         """Expected matching rows of a partition from its code histograms (A, 256), for planning only.
@@ -205,19 +221,24 @@ def _combine(is_and: bool, children: list[_Node]) -> _Node:
     return merged[0] if len(merged) == 1 else _Combine(is_and, tuple(merged))
 
 
-def _states(node: _Node, codes: np.ndarray) -> np.ndarray:
+def _states_at(node: _Node, codes: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+    """States of ``codes[rows]`` (all rows when None), reading only the attribute columns a node needs."""
     match node:
         case _Table(attribute, states):
-            return states[codes[:, attribute]]
+            return states[codes[:, attribute] if rows is None else codes[rows, attribute]]
         case _Negate(child):
-            return 2 - _states(child, codes)
+            return 2 - _states_at(child, codes, rows)
         case _Combine(is_and, children):
             merge = np.minimum if is_and else np.maximum
-            result = _states(children[0], codes)
+            result = _states_at(children[0], codes, rows)
             for child in children[1:]:
-                merge(result, _states(child, codes), out=result)
+                merge(result, _states_at(child, codes, rows), out=result)
             return result
     raise TypeError(f"not a compiled node: {node!r}")
+
+
+def _states(node: _Node, codes: np.ndarray) -> np.ndarray:
+    return _states_at(node, codes, None)
 
 
 def _bounds(node: _Node, histograms: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -235,6 +256,16 @@ def _bounds(node: _Node, histograms: np.ndarray, n: np.ndarray) -> tuple[np.ndar
                 return np.maximum(0, sum(certain) - (len(children) - 1) * n), np.minimum.reduce(possible)
             return np.maximum.reduce(certain), np.minimum(n, sum(possible))
     raise TypeError(f"not a compiled node: {node!r}")
+
+
+def _full_max(node: _Node, histograms: np.ndarray, n: np.ndarray) -> np.ndarray:
+    match node:
+        case _Table(attribute, states):
+            return histograms[:, attribute][:, states == FULL].sum(axis=1)
+        case _Combine(is_and, children):
+            ceilings = [_full_max(c, histograms, n) for c in children]
+            return np.minimum.reduce(ceilings) if is_and else np.minimum(n, sum(ceilings))
+    return n
 
 
 def _share(node: _Node, histograms: np.ndarray, n: int) -> float:

@@ -42,7 +42,7 @@ class SearchParams:
     centroid_factor: float = 1.0
     max_partitions: int | None = None
     probe: int = 32
-    probe_matches: int = 100
+    probe_matches: int = 300
     hamming_keep: float = 1.0
     hamming_floor: int = 200
     prefix_keep: float = 0.02

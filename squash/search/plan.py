@@ -57,9 +57,10 @@ class _FilterCounts:
         else:
             self.bound, self.possible = compiled.partition_bounds(meta.attr_histograms)
         # Certain matches found in the first ``counted`` rows of each partition; nothing to count where the
-        # histogram bounds meet.
+        # histograms already pin the number of rows whose codes prove a match.
         self.found = np.zeros_like(self.bound)
-        self.counted = np.where(self.bound == self.possible, meta.sizes, 0).astype(np.int64)
+        ceiling = self.possible if compiled is None else compiled.full_ceiling(meta.attr_histograms)
+        self.counted = np.where(self.bound == ceiling, meta.sizes, 0).astype(np.int64)
 
     def certain_count(self, partition: int, need: int) -> int:
         """Rows of ``partition`` that certainly match: exact, or a lower bound that is at least ``need``."""
