@@ -48,17 +48,18 @@ HNSW_GROWTH = 1.3
 NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 EFS = (10, 20, 40, 80, 160, 320, 640)
 # Squash knobs, roughly in increasing cost: probe (fine lists per query) and probe_matches (matches a
-# filtered query scans for) set the candidates; centroid_factor adds partitions for filtered queries.
+# filtered query scans for) set the candidates, hamming_floor how many of them are ranked exactly;
+# centroid_factor adds partitions for filtered queries.
 SQUASH_SWEEP: tuple[dict[str, Any], ...] = (
-    {"probe": 4, "probe_matches": 30},
-    {"probe": 8, "probe_matches": 50},
-    {"probe": 16, "probe_matches": 100},
-    {"probe": 24, "probe_matches": 150},
-    {"probe": 32, "probe_matches": 200},
-    {"probe": 48, "probe_matches": 300, "rerank_factor": 4},
-    {"probe": 64, "probe_matches": 400, "rerank_factor": 4},
-    {"probe": 128, "probe_matches": 800, "centroid_factor": 1.5, "rerank_factor": 4},
-    {"probe": 256, "probe_matches": 1600, "centroid_factor": 2.0, "prefix_keep": 0.05, "rerank_factor": 8},
+    {"probe": 4, "probe_matches": 30, "hamming_floor": 40},
+    {"probe": 8, "probe_matches": 60, "hamming_floor": 60},
+    {"probe": 16, "probe_matches": 120, "hamming_floor": 100},
+    {"probe": 24, "probe_matches": 200, "hamming_floor": 150},
+    {"probe": 32, "probe_matches": 300, "hamming_floor": 200},
+    {"probe": 48, "probe_matches": 400, "hamming_floor": 300},
+    {"probe": 64, "probe_matches": 600, "hamming_floor": 400},
+    {"probe": 128, "probe_matches": 1000, "centroid_factor": 1.5, "hamming_floor": 600},
+    {"probe": 256, "probe_matches": 2000, "centroid_factor": 2.0, "hamming_floor": 1000},
 )
 QUICK_SWEEP = (SQUASH_SWEEP[1], SQUASH_SWEEP[2], SQUASH_SWEEP[4], SQUASH_SWEEP[6])
 
@@ -372,6 +373,8 @@ def build_hnswlib(
     chunk = max(1, n // 10)
     efc = HNSW_EF_CONSTRUCTION
     probes = []
+    # The budget covers every attempt, so a restart only gets the time left.
+    deadline = time.perf_counter() + budget_s
     while True:
         index = hnswlib.Index(space="l2", dim=d)
         index.init_index(max_elements=n, M=HNSW_M, ef_construction=efc, random_seed=seed)
@@ -380,16 +383,18 @@ def build_hnswlib(
         for first in range(0, n, chunk):
             rows = np.arange(first, min(n, first + chunk))
             index.add_items(base[rows], rows, num_threads=os.cpu_count() or 1)
-            elapsed = time.perf_counter() - start
+            now = time.perf_counter()
+            elapsed, left = now - start, deadline - now
             added = int(rows[-1]) + 1
-            projected = elapsed * n / added * (HNSW_GROWTH if added < n else 1.0)
+            remaining = elapsed * (n - added) / added * (HNSW_GROWTH if added < n else 1.0)
             # Re-projected after every chunk: on a shared machine the rate changes during the build.
-            if projected > budget_s and efc > HNSW_MIN_EF_CONSTRUCTION:
+            if remaining > left and efc > HNSW_MIN_EF_CONSTRUCTION:
+                projected = elapsed + remaining
                 probes.append(f"ef_construction={efc} projected {projected:.0f} s")
-                efc = max(HNSW_MIN_EF_CONSTRUCTION, int(efc * budget_s / projected))
+                efc = max(HNSW_MIN_EF_CONSTRUCTION, int(efc * (left - 0.1 * budget_s) / projected))
                 restart = True
                 break
-            if elapsed > budget_s:
+            if left < 0:
                 return f"hnswlib skipped: build passed {budget_s:.0f} s at {added:,} of {n:,} vectors"
         if not restart:
             break
@@ -793,7 +798,7 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=1_000_000, help="synthetic vectors (default 1M)")
     parser.add_argument("--queries", type=int, default=200, help="held-out queries per point")
     parser.add_argument("--point-budget", type=float, default=6.0, help="seconds per sweep point at most")
-    parser.add_argument("--hnsw-build-minutes", type=float, default=8.0, help="hnswlib build budget")
+    parser.add_argument("--hnsw-build-minutes", type=float, default=5.0, help="hnswlib build budget")
     parser.add_argument("--dataset", choices=("all", "fashion", "synthetic"), default="all")
     parser.add_argument("--out", default="bench-results/search", help="directory for search.md and plots")
     parser.add_argument("--quick", action="store_true", help="N=100k, 100 queries, fewer sweep points")

@@ -26,10 +26,13 @@ class SearchParams:
         hamming_keep: level 1 keeps this fraction of the candidates by Hamming distance of the leading
             64 sign bits (1.0 turns the level off, the default: see the README's pruning table); it
             applies to candidate sets, not to list scans, where the lists do the coarse pruning.
-        hamming_floor: levels 1 and 2 keep at least this many candidates (never fewer than k * rerank_factor).
+        hamming_floor: levels 1 and 2 keep at least this many candidates per query and partition (never
+            fewer than k * rerank_factor); in list scans, the rows kept by the prefix bound go straight to
+            the exact re-rank, so this is the re-rank depth there.
         prefix_keep: level 2 keeps this fraction of the candidates by the exact partial distance over the
             leading (highest-energy) rotated dimensions, a lower bound on the full distance.
-        rerank_factor: level 3 keeps k * rerank_factor candidates by OSQ lower bound for the exact re-rank.
+        rerank_factor: level 3 keeps k * rerank_factor candidate-set rows by OSQ lower bound for the exact
+            re-rank (list scans skip the OSQ bound: an exact distance from warm memory costs less).
         exact_threshold: a partition expected to hold at most this many matching rows finds them all
             through its attribute posting lists instead of scanning lists; when there are at most this
             many it ranks all of them exactly (cheaper than pruning, and exact).
