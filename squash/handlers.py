@@ -443,6 +443,7 @@ def process(request: ProcessorRequest, ctx: HandlerContext) -> ProcessorResponse
         evictions=evicted,
         load_seconds=loaded - started,
         scan_seconds=time.perf_counter() - loaded,
+        **{f"{activity}_seconds": seconds for activity, seconds in result.seconds.items()},
     )
     return ProcessorResponse(result.ids, result.distances, result.stats, inv.finish(request.n_queries))
 

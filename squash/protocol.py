@@ -62,7 +62,10 @@ COUNTERS = (
     "memory_mb",  # the function's memory setting, which prices its billed time
     "plan_seconds",  # partition selection
     "load_seconds",  # reading and decoding index objects
-    "scan_seconds",  # search_partition
+    "scan_seconds",  # search_partition, of which:
+    "filter_seconds",  # ... filter evaluation and list choice
+    "bound_seconds",  # ... pruning levels (prefix, Hamming, OSQ bounds)
+    "rerank_seconds",  # ... exact distances and top-k
     "wait_seconds",  # waiting for children and processors after the node's own work
     "gets",  # storage read requests made by the function
     "bytes_read",  # bytes those requests returned

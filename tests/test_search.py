@@ -8,6 +8,7 @@ import pytest
 from squash import FilterError, InvalidInputError, LimitExceededError
 from squash.datasets import exact_knn, synthetic_clustered
 from squash.index import Index
+from squash.search.params import SearchParams
 
 K = 10
 
@@ -281,3 +282,12 @@ def test_more_probes_raise_unfiltered_recall(synth):
     low = recall(index.search(data.queries, k=K, probe=1).ids, truth)
     high = recall(index.search(data.queries, k=K, probe=64).ids, truth)
     assert high >= 0.95 and high > low
+
+
+def test_benchmark_sweep_settings_are_valid_distinct_knobs():
+    from squash.bench.search import QUICK_SWEEP, SQUASH_SWEEP, knob_label
+
+    labels = [knob_label(knobs) for knobs in SQUASH_SWEEP]
+    assert len(set(labels)) == len(labels)
+    for knobs in SQUASH_SWEEP + QUICK_SWEEP:
+        assert SearchParams.from_knobs(knobs).to_dict().items() >= knobs.items()

@@ -462,7 +462,13 @@ _SHORT = {
     "max_partitions": "mp",
     "prefix_keep": "pk",
     "rerank_factor": "rf",
+    "hamming_floor": "floor",
 }
+
+
+def knob_label(knobs: dict[str, Any]) -> str:
+    """Short label of a sweep setting, e.g. ``probe=8 pm=60 floor=60``."""
+    return " ".join(f"{_SHORT.get(k, k)}={v}" for k, v in knobs.items())
 
 
 def build_squash(base: NDArray[Any], columns: Columns, sweep: Sequence[dict[str, Any]], seed: int) -> System:
@@ -476,7 +482,7 @@ def build_squash(base: NDArray[Any], columns: Columns, sweep: Sequence[dict[str,
         if index.meta.n_partitions == 1:
             # One partition: only the list and pruning knobs change anything.
             knobs = {k: v for k, v in knobs.items() if k not in ("centroid_factor", "max_partitions")}
-        label = " ".join(f"{_SHORT[k]}={v}" for k, v in knobs.items())
+        label = knob_label(knobs)
         if label not in [s[0] for s in settings]:
             settings.append((label, knobs))
 

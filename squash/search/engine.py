@@ -15,7 +15,7 @@ from squash.search.params import SearchParams, check_k
 from squash.search.plan import Plan, plan_queries
 from squash.search.prepared import PreparedPartition
 from squash.search.queries import compile_filters, prepare_queries
-from squash.search.result import SearchResult, empty_stats
+from squash.search.result import LEVEL_TIMES, SearchResult, empty_stats
 from squash.search.scan import search_partition
 
 
@@ -59,10 +59,14 @@ def search(
     stats = empty_stats(nq)
     ids = np.full((nq, k), -1, dtype=np.int64)
     dists = np.full((nq, k), np.inf, dtype=np.float32)
+    levels = dict.fromkeys(LEVEL_TIMES, 0.0)
     for pid, (qs, probes) in group_by_partition(plans).items():
         part = search_partition(partition(pid), q[qs], [filters[i] for i in qs], k, params, meta.metric, probes)
         ids[qs], dists[qs] = merge_partials([(ids[qs], dists[qs]), (part.ids, part.distances)], k)
         for name, values in part.stats.items():
             stats[name][qs] += values
+        for name, seconds in part.seconds.items():
+            levels[name] += seconds
     done = time.perf_counter()
-    return SearchResult(ids, dists, stats, {"plan_s": planned - start, "scan_s": done - planned})
+    info = {"plan_s": planned - start, "scan_s": done - planned} | {f"{name}_s": s for name, s in levels.items()}
+    return SearchResult(ids, dists, stats, info)

@@ -139,20 +139,18 @@ def choose_lists(
 def scan_lists(
     part: PreparedPartition,
     codes: QueryCodes,
-    queries: NDArray[np.float32],
+    choice: _ListChoice,
     qs: NDArray[np.int64],
-    filters: Sequence[CompiledFilter | None],
-    probes: NDArray[np.int32],
     k: int,
     params: SearchParams,
     metric: Metric,
     stats: dict[str, NDArray[np.int64]],
 ) -> NDArray[np.int64]:
-    """Candidate rows (len(qs), m) for queries ``qs`` by list scan and prefix bound, for the exact re-rank.
+    """Candidate rows (len(qs), m) for queries ``qs`` by prefix bound over the lists of ``choice``.
 
-    Rows are -1 where a query has fewer candidates; ``filters[j]`` belongs to ``queries[qs[j]]``.
+    Rows are -1 where a query has fewer candidates; ``choice`` comes from :func:`choose_lists` for the
+    queries ``qs``, in order. The rows go to the exact re-rank.
     """
-    choice = choose_lists(part, queries[qs], filters, probes, k, params, metric)
     starts = part.data.list_starts
     nq = len(qs)
     counts = np.array([len(lists) for lists in choice.lists], dtype=np.int64)

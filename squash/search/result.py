@@ -19,6 +19,14 @@ STAT_FIELDS = (
 )
 
 
+# Processor time by activity (seconds per partition search), reported up the tree as ``<name>_seconds``.
+LEVEL_TIMES = (
+    "filter",  # filter evaluation: posting lists, code states, exact checks, choosing lists
+    "bound",  # pruning levels: prefix bounds over scanned lists, Hamming and OSQ bounds of candidate sets
+    "rerank",  # exact distances (float32 screen, float64 pass) and top-k
+)
+
+
 def empty_stats(nq: int) -> dict[str, NDArray[np.int64]]:
     return {name: np.zeros(nq, dtype=np.int64) for name in STAT_FIELDS}
 

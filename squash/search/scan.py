@@ -21,6 +21,7 @@ the lists replace levels 0-1, and levels 2-4 run on the rows scanned.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,11 +31,11 @@ from numpy.typing import NDArray
 from squash.filter import CompiledFilter
 from squash.model import Metric
 from squash.search.levels import QueryCodes, select_smallest, tail_bounds
-from squash.search.lists import scan_lists
+from squash.search.lists import choose_lists, scan_lists
 from squash.search.merge import merge_partials, top_k
 from squash.search.params import SearchParams
 from squash.search.prepared import PreparedPartition
-from squash.search.result import empty_stats
+from squash.search.result import LEVEL_TIMES, empty_stats
 
 _EXACT_BLOCK = 8192
 # Pairs times dimensions per chunk of direct distance computation (16 MB of float64).
@@ -47,11 +48,26 @@ _DIRECT_PAIRS = 1 << 16
 
 @dataclass(frozen=True)
 class PartialResult:
-    """Top-k of one partition for each query of a batch (global ids, exact distances) and counters."""
+    """Top-k of one partition for each query of a batch (global ids, exact distances), counters and
+    seconds spent per activity of :data:`LEVEL_TIMES`."""
 
     ids: NDArray[np.int64]
     distances: NDArray[np.float32]
     stats: dict[str, NDArray[np.int64]]
+    seconds: dict[str, float]
+
+
+class _Clock:
+    """Splits elapsed time among activities: each ``lap`` charges the time since the last one."""
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(LEVEL_TIMES, 0.0)
+        self._last = time.perf_counter()
+
+    def lap(self, activity: str) -> None:
+        now = time.perf_counter()
+        self.seconds[activity] += now - self._last
+        self._last = now
 
 
 def exact_distances(
@@ -283,6 +299,7 @@ def search_partition(
     partition's best min(k, matches) rows by exact distance, every one satisfying its filter.
     """
     nq = len(queries)
+    clock = _Clock()
     stats = empty_stats(nq)
     stats["partitions"] += 1
     ids = np.full((nq, k), -1, dtype=np.int64)
@@ -301,11 +318,15 @@ def search_partition(
             groups.setdefault(id(compiled), []).append(i)
     if scanning:
         qs = np.asarray(scanning, dtype=np.int64)
-        codes = QueryCodes(part, queries, metric)
         probe = np.full(len(qs), params.probe, dtype=np.int32) if probes is None else probes[qs]
-        rows = scan_lists(part, codes, queries, qs, [filters[i] for i in scanning], probe, k, params, metric, stats)
+        choice = choose_lists(part, queries[qs], [filters[i] for i in scanning], probe, k, params, metric)
+        clock.lap("filter")
+        codes = QueryCodes(part, queries, metric)
+        rows = scan_lists(part, codes, choice, qs, k, params, metric, stats)
         stats["reranked"][qs] += (rows >= 0).sum(axis=1)
+        clock.lap("bound")
         ids[qs], dists[qs] = _finish(part, rows, queries[qs], metric, k)
+        clock.lap("rerank")
     small: list[tuple[NDArray[np.int64], NDArray[np.int64]]] = []
     for members in groups.values():
         qs = np.asarray(members, dtype=np.int64)
@@ -313,6 +334,7 @@ def search_partition(
         if cand is None:
             cand = np.arange(part.size, dtype=np.int64)
         m = cand.shape[0]
+        clock.lap("filter")
         stats["filtered"][qs] += m
         if m == 0:
             continue
@@ -323,13 +345,17 @@ def search_partition(
                 small.append((qs, cand))
             else:
                 ids[qs], dists[qs] = _exact_scan(part, cand, queries[qs], metric, k)
+                clock.lap("rerank")
             continue
         if codes is None:
             codes = QueryCodes(part, queries, metric)
         rows = _pruned(part, cand, codes, k, params, metric, stats, qs)
         stats["reranked"][qs] += rows.shape[-1]
+        clock.lap("bound")
         ids[qs], dists[qs] = _finish(part, rows, queries[qs], metric, k)
+        clock.lap("rerank")
     if small:
         qs, found, found_dists = _exact_ragged(part, small, queries, metric, k)
         ids[qs], dists[qs] = found, found_dists
-    return PartialResult(ids, dists, stats)
+        clock.lap("rerank")
+    return PartialResult(ids, dists, stats, clock.seconds)
