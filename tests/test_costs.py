@@ -78,3 +78,26 @@ def test_metrics_from_client_info() -> None:
         "squash-allocator": {"role": "allocator", "billed_ms": 5},
         "squash-processor-3": {"role": "processor", "billed_ms": 7},
     }
+
+
+def test_update_readme_rewrites_only_the_marked_part_and_publishes_plots(tmp_path):
+    from squash.bench.cost import END, START, update_readme
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\nkept above\n{START}\nold numbers\n{END}\nkept below\n")
+    search, cost, docs = tmp_path / "search", tmp_path / "cost", tmp_path / "docs" / "perf"
+    search.mkdir()
+    cost.mkdir()
+    (search / "search.md").write_text("# full search report\n")
+    (search / "summary.md").write_text("| a | b |\n|---|---|\n| 1 | 2 |\nfull report: search.md\n")
+    (search / "s-1pct.png").write_bytes(b"png")
+    (cost / "synthetic-allocators.png").write_bytes(b"png")
+    update_readme("## synthetic\n![plot](synthetic-allocators.png)\n", search, cost, readme=readme, docs=docs)
+    text = readme.read_text()
+    assert text.startswith("# Title\nkept above\n") and text.endswith(f"{END}\nkept below\n")
+    assert "old numbers" not in text and "| 1 | 2 |" in text
+    assert "[docs/perf/search.md](docs/perf/search.md)" in text
+    assert "#### synthetic" in text and "](docs/perf/synthetic-allocators.png)" in text
+    assert sorted(p.name for p in docs.iterdir()) == ["cost.md", "s-1pct.png", "search.md", "synthetic-allocators.png"]
+    update_readme("## again\n", search, cost, readme=readme, docs=docs)
+    assert readme.read_text().count(START) == 1 and "#### again" in readme.read_text()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -43,6 +44,7 @@ PAPER_SIFT1M = {
 }
 S3_VECTORS_NOTE = "+ data processed (not modelled)"
 README = Path(__file__).resolve().parents[2] / "README.md"
+DOCS = README.parent / "docs" / "perf"
 START, END = "<!-- perf:start -->", "<!-- perf:end -->"
 
 
@@ -350,23 +352,37 @@ def comparison(args: argparse.Namespace, prices: Prices, report: list[str]) -> N
     report.append(markdown_table(["system", "$ per 1M queries"], rows) + "\n")
 
 
-def update_readme(report_md: str, search_md: Path, readme: Path = README) -> None:
-    """Rewrite README.md between the perf markers with the cost report and the search table."""
+def update_readme(cost_md: str, search_dir: Path, cost_dir: Path, readme: Path = README, docs: Path = DOCS) -> None:
+    """Publish the reports and plots under ``docs`` and rewrite README.md between the perf markers.
+
+    The README gets the search headline table (``summary.md`` of ``squash bench search``) and the cost report;
+    the full search report and every plot go to ``docs`` (committed, unlike bench-results/).
+    """
     text = readme.read_text()
     if START not in text or END not in text:
         raise SystemExit(f"{readme} lacks the markers {START} and {END}")
+    docs.mkdir(parents=True, exist_ok=True)
+    for png in [*search_dir.glob("*.png"), *cost_dir.glob("*.png")]:
+        shutil.copy2(png, docs / png.name)
+    link = docs.relative_to(readme.parent).as_posix() if docs.is_relative_to(readme.parent) else docs.as_posix()
+    (docs / "cost.md").write_text(cost_md)
     body = [
-        "## Performance and cost\n",
-        "Regenerate with `squash bench cost --readme` (cost; `squash bench search` writes the search report).\n",
-        report_md,
+        "Regenerate with `squash bench search` (about 20 min on 2 cores), then `squash bench cost --readme` "
+        f"(about 10 min), which rewrites this part and publishes the reports and plots to `{link}/`.\n"
     ]
-    if search_md.exists():
-        body.append("### Filtered search, one thread (from bench-results/search/search.md)\n")
-        body.append(re.sub(r"!\[[^\]]*\]\(([^)]+)\)", r"![](bench-results/search/\1)", search_md.read_text()))
-    section = "\n".join(body).replace("](synthetic", "](bench-results/cost/synthetic")
-    section = section.replace("](fashion", "](bench-results/cost/fashion")
+    summary = search_dir / "summary.md"
+    if (search_dir / "search.md").exists():
+        shutil.copy2(search_dir / "search.md", docs / "search.md")
+    if summary.exists():
+        body.append("### Filtered search against peers (`squash bench search`)\n")
+        full = f"full report with recall-QPS curves and time profiles: [{link}/search.md]({link}/search.md)"
+        body.append(summary.read_text().replace("full report: search.md", full))
+    cost = re.sub(r"^## ", "#### ", cost_md, flags=re.M)
+    cost = re.sub(r"\]\(([^)/]+\.png)\)", rf"]({link}/\1)", cost)
+    body.append("### Serverless throughput and cost (`squash bench cost`)\n")
+    body.append(cost)
     head, rest = text.split(START, 1)
-    readme.write_text(head + START + "\n" + section + "\n" + END + rest.split(END, 1)[1])
+    readme.write_text(head + START + "\n" + "\n".join(body) + "\n" + END + rest.split(END, 1)[1])
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -420,5 +436,5 @@ def run(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cost.md").write_text(text)
     if args.readme:
-        update_readme(text.replace("# squash bench cost\n", "", 1), args.search_report)
+        update_readme(text.replace("# squash bench cost\n", "", 1), args.search_report.parent, args.out)
     return 0

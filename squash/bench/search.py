@@ -488,7 +488,7 @@ def build_squash(base: NDArray[Any], columns: Columns, sweep: Sequence[dict[str,
 
     def run(knobs: dict[str, Any], q: NDArray[np.float32], filters: list[Filter], budget: float) -> Run:
         ids = np.full((len(q), K), -1, dtype=np.int64)
-        info = {"plan_s": 0.0, "scan_s": 0.0}
+        info = {"plan_s": 0.0, "scan_s": 0.0, "filter_s": 0.0, "bound_s": 0.0, "rerank_s": 0.0}
         stats: dict[str, float] = {}
         start = time.perf_counter()
         done = 0
@@ -614,6 +614,38 @@ def results_table(work_curves: list[tuple[Workload, dict[str, list[Point]]]]) ->
     return markdown_table(headers, rows)
 
 
+def _ratio(ours: float | None, theirs: float | None) -> str:
+    if ours is None:
+        return "below 0.95"
+    return "no peer value" if theirs is None else f"{ours / theirs:.2f}x"
+
+
+PEERS = ("faiss IVF-Flat", "faiss IVF-SQ8", "hnswlib", "numpy pre-filter + exact")
+SUMMARY_HEADERS = ["dataset", "workload", "Squash", *PEERS]
+SUMMARY_HEADERS += ["Squash / best peer", "Squash / IVF-SQ8", "Squash / hnswlib"]
+
+
+def summary_rows(
+    name: str, work_curves: list[tuple[Workload, dict[str, list[Point]]]], target: float = 0.95
+) -> list[list[str]]:
+    """One row per workload: QPS at ``target`` recall per system and Squash's ratios (the headline table)."""
+    rows = []
+    for work, curves in work_curves:
+        qps = {system: qps_at(points, target) for system, points in curves.items()}
+        peers = [q for system, q in qps.items() if system != "Squash" and q is not None]
+        rows.append(
+            [
+                name,
+                f"{work.selectivity:.1%} {work.label}",
+                *(_fmt(qps.get(system)) for system in ("Squash", *PEERS)),
+                _ratio(qps["Squash"], max(peers) if peers else None),
+                _ratio(qps["Squash"], qps.get("faiss IVF-SQ8")),
+                _ratio(qps["Squash"], qps.get("hnswlib")),
+            ]
+        )
+    return rows
+
+
 def time_table(work_curves: list[tuple[Workload, dict[str, list[Point]]]]) -> str:
     """Where Squash's time goes at its fastest point with recall >= 0.95."""
     headers = [
@@ -622,8 +654,10 @@ def time_table(work_curves: list[tuple[Workload, dict[str, list[Point]]]]) -> st
         "recall",
         "QPS",
         "plan %",
-        "scan %",
-        "outside engine %",
+        "filter %",
+        "bounds %",
+        "re-rank %",
+        "rest %",
         "partitions",
         "filtered",
         "prefix kept",
@@ -635,19 +669,18 @@ def time_table(work_curves: list[tuple[Workload, dict[str, list[Point]]]]) -> st
     for work, curves in work_curves:
         p = point_at(curves["Squash"], 0.95)
         if p is None:
-            rows.append([work.label, "never reaches 0.95", *[""] * 11])
+            rows.append([work.label, "never reaches 0.95", *[""] * 13])
             continue
         total = p.queries / p.qps
-        plan, scan = p.info["plan_s"] / total, p.info["scan_s"] / total
+        shares = [p.info[name] / total for name in ("plan_s", "filter_s", "bound_s", "rerank_s")]
         rows.append(
             [
                 work.label,
                 p.label,
                 f"{p.recall:.4f}",
                 _fmt(p.qps),
-                f"{100 * plan:.0f}",
-                f"{100 * scan:.0f}",
-                f"{100 * (1 - plan - scan):.0f}",
+                *(f"{100 * share:.0f}" for share in shares),
+                f"{100 * (1 - sum(shares)):.0f}",
                 f"{p.info['mean partitions']:.2f}",
                 f"{p.info['mean filtered']:,.0f}",
                 f"{p.info['mean prefix']:,.0f}",
@@ -712,7 +745,9 @@ def plot(
 # ---------------------------------------------------------------- driver
 
 
-def bench_dataset(data: Dataset, workloads: list[Workload], args: argparse.Namespace, report: list[str]) -> None:
+def bench_dataset(
+    data: Dataset, workloads: list[Workload], args: argparse.Namespace, report: list[str], summary: list[list[str]]
+) -> None:
     import faiss
 
     base = np.ascontiguousarray(data.base, dtype=np.float32)
@@ -776,10 +811,15 @@ def bench_dataset(data: Dataset, workloads: list[Workload], args: argparse.Names
             report.append(f"\n### {data.name}, selectivity {s:.1%}: QPS at recall@{K} (1 thread)\n")
             report.append(results_table(group))
             report.append(f"\n![{data.name} {s:.1%}]({plot(out, data.name, s, group).name})")
+        summary += summary_rows(data.name, results)
         report.append(f"\n### {data.name}: where Squash's time goes at its fastest point with recall >= 0.95\n")
         report.append(time_table(results))
         report.append(
-            "\nchecks: filter violations / queries without exactly min(k, matches) results / duplicate ids, "
+            "\nShares of wall time: plan = partition and fine-list selection; filter = filter evaluation (codes, "
+            "posting lists, exact checks) and list choice; bounds = pruning levels (prefix bounds over the "
+            "scanned lists, Hamming and OSQ bounds of candidate sets); re-rank = exact distances and top-k; "
+            "rest = query rotation, merging and the caller's loop. "
+            "checks: filter violations / queries without exactly min(k, matches) results / duplicate ids, "
             "summed over the measured queries."
         )
         bad = [
@@ -826,6 +866,7 @@ def run(argv: list[str] | None = None) -> int:
     )
     print(header)
     report = ["# squash bench search", "", "```", header, "```"]
+    summary: list[list[str]] = []
     started = time.perf_counter()
     if args.dataset in ("all", "fashion"):
         fashion = shared_dataset("fashion-mnist-784")
@@ -833,14 +874,22 @@ def run(argv: list[str] | None = None) -> int:
             print("skipping fashion-mnist-784: ../shared/data is absent")
             report.append("\nfashion-mnist-784 skipped: ../shared/data is absent")
         else:
-            bench_dataset(fashion, fashion_workloads(fashion, args.queries, args.seed), args, report)
+            bench_dataset(fashion, fashion_workloads(fashion, args.queries, args.seed), args, report, summary)
     if args.dataset in ("all", "synthetic"):
         start = time.perf_counter()
         synth = synthetic_clustered(args.n, 128, n_queries=args.queries, attributes=4, seed=args.seed)
         print(f"\ngenerated {synth.name} in {time.perf_counter() - start:.1f} s")
-        bench_dataset(synth, synthetic_workloads(synth, args.queries, args.seed), args, report)
-    report.append(f"\ntotal run time {time.perf_counter() - started:.0f} s")
+        bench_dataset(synth, synthetic_workloads(synth, args.queries, args.seed), args, report, summary)
+    total = f"total run time {time.perf_counter() - started:.0f} s"
+    report.append(f"\n{total}")
     text = "\n".join(report)
     print("\n" + text)
     (Path(args.out) / "search.md").write_text(text + "\n")
+    headline = [
+        f"QPS at recall@{K} = 0.95, one thread, each query with its own filter "
+        f"(\"—\": never reached; {total}; full report: search.md).\n",
+        markdown_table(SUMMARY_HEADERS, summary),
+    ]
+    (Path(args.out) / "summary.md").write_text("\n".join(headline) + "\n")
+    print("\n" + "\n".join(headline))
     return 0
