@@ -180,18 +180,28 @@ class CompiledFilter:
             covered = (lo == hi) | (self._integral[leaf.attribute] & (inside == hi - lo + 1))
             full, none = (inside > 0) & covered, inside == 0
         else:
-            v = leaf.value
-            full, none = {
-                Op.EQ: ((lo == v) & (hi == v), (v < lo) | (v > hi)),
-                Op.NE: ((v < lo) | (v > hi), (lo == v) & (hi == v)),
-                Op.GT: (lo > v, hi <= v),
-                Op.GTE: (lo >= v, hi < v),
-                Op.LT: (hi < v, lo >= v),
-                Op.LTE: (hi <= v, lo > v),
-            }[leaf.op]
+            full, none = _cell_tests(leaf.op, lo, hi, leaf.value)
         states = np.full(_CODES, PARTIAL)
-        states[: lo.size] = np.where(full, FULL, np.where(none, NONE, PARTIAL))
+        states[: lo.size][none] = NONE
+        states[: lo.size][full] = FULL
         return states
+
+
+def _cell_tests(op: Op, lo: np.ndarray, hi: np.ndarray, v: float) -> tuple[np.ndarray, np.ndarray]:
+    """(every value of the cell passes, no value passes) for ``value op v`` over cells [lo, hi]."""
+    match op:
+        case Op.EQ | Op.NE:
+            single, outside = (lo == v) & (hi == v), (v < lo) | (v > hi)
+            return (single, outside) if op is Op.EQ else (outside, single)
+        case Op.GT:
+            return lo > v, hi <= v
+        case Op.GTE:
+            return lo >= v, hi < v
+        case Op.LT:
+            return hi < v, lo >= v
+        case Op.LTE:
+            return hi <= v, lo > v
+    raise TypeError(f"not a comparison: {op!r}")
 
 
 def compile_filter(expr: Any, schema: AttributeSchema, quantizer: AttributeQuantizer) -> CompiledFilter | None:
