@@ -93,9 +93,12 @@ class _ListChoice:
             found = int(np.count_nonzero(mask))
             if found >= self.target or count == total_lists:
                 break
-            # Extend by the match rate seen so far (at least doubling), then evaluate again.
-            rate = max(found, 1) / max(len(rows), 1)
-            count = max(2 * count, int(np.searchsorted(rows_so_far, self.target / rate * _MATCH_SLACK)) + 1)
+            # Extend by the match rate seen so far (at least doubling; only doubling while none matched,
+            # since zero matches say nothing about how far the matches are), then evaluate again.
+            count *= 2
+            if found:
+                rate = found / len(rows)
+                count = max(count, int(np.searchsorted(rows_so_far, self.target / rate * _MATCH_SLACK)) + 1)
         self.lists.append(lists)
         self.masks.append(mask)
 
