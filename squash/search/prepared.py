@@ -80,6 +80,7 @@ class PreparedPartition:
 
     data: PartitionData
     histograms: NDArray[np.int64] = field(init=False)
+    lead: RotationPrefix = field(init=False)
     prefix: NDArray[np.float64] = field(init=False)
     prefix_norms: NDArray[np.float64] = field(init=False)
     list_norms: NDArray[np.float32] = field(init=False)
@@ -97,7 +98,7 @@ class PreparedPartition:
         )
         rotation = self.data.osq.rotation
         d0 = min(PREFIX_DIMS, rotation.dim)
-        lead = RotationPrefix(rotation.mean, rotation.matrix[:, :d0])
+        self.lead = lead = RotationPrefix(rotation.mean, rotation.matrix[:, :d0])
         vectors = self.data.vectors
         self.prefix = (
             np.concatenate([lead.apply(vectors[i : i + _BLOCK_ROWS]) for i in range(0, self.size, _BLOCK_ROWS)]).astype(

@@ -14,7 +14,7 @@ STAT_FIELDS = (
     "hamming",  # kept by level 1 (sign-code Hamming)
     "prefix",  # kept by level 2 (exact distance over the leading rotated dimensions)
     "bounded",  # kept by level 3 (OSQ lower bounds)
-    "reranked",  # exact distances computed
+    "reranked",  # candidates handed to the exact re-rank (after safe prefix pruning of exact scans)
     "exact_scans",  # partitions answered by an exact scan of all their candidates
 )
 

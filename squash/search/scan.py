@@ -42,6 +42,8 @@ _EXACT_BLOCK = 8192
 _PAIR_CHUNK = 1 << 21
 # Per-query candidate sets wider than this many times k are screened in float32 before the exact pass.
 _SCREEN_FACTOR = 4
+# Queries per group when candidate sets of different widths are ranked together.
+_WIDTH_GROUP = 32
 # Up to this many (query, row) pairs, distances are computed directly rather than screened by a product.
 _DIRECT_PAIRS = 1 << 16
 
@@ -172,11 +174,12 @@ def _exact_ragged(
     queries: NDArray[np.float32],
     metric: Metric,
     k: int,
-) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float32]]:
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float32], NDArray[np.int64]]:
     """Exact top-k for many small candidate sets at once: ``jobs`` are (queries, their shared rows).
 
-    The sets are padded side by side into one (queries, widest set) table, so one distance pass and one
-    top-k serve them all instead of a round of numpy calls per query; returns (queries, ids, distances).
+    The sets are padded side by side into one (queries, widest set) table, pruned safely by the prefix
+    bound, and ranked in groups of similar width instead of a round of numpy calls per query. Returns
+    (queries, ids, distances, rows each query ranked exactly).
     """
     qs = np.concatenate([members for members, _ in jobs])
     sizes = np.concatenate([np.full(len(members), len(cand), dtype=np.int64) for members, cand in jobs])
@@ -185,8 +188,52 @@ def _exact_ragged(
     column = np.arange(rows.shape[0]) - np.repeat(np.cumsum(sizes) - sizes, sizes)
     table = np.full((len(qs), int(sizes.max())), -1, dtype=np.int64)
     table[slot, column] = rows
-    ids, dists = _finish(part, table, queries[qs], metric, k)
-    return qs, ids, dists
+    if metric is Metric.IP or table.shape[1] <= _SCREEN_FACTOR * k:
+        ids, dists = _finish(part, table, queries[qs], metric, k)
+        return qs, ids, dists, sizes
+    table = _prefix_pruned(part, table, queries[qs], metric, k)
+    # Survivors left-aligned, queries ordered by how many survive: groups of similar width pad little.
+    table = np.take_along_axis(table, np.argsort(table < 0, axis=1, kind="stable"), 1)
+    widths = (table >= 0).sum(axis=1)
+    order = np.argsort(widths, kind="stable")
+    ids = np.empty((len(qs), k), dtype=np.int64)
+    dists = np.empty((len(qs), k), dtype=np.float32)
+    for group in np.array_split(order, max(1, len(order) // _WIDTH_GROUP)):
+        width = max(int(widths[group].max()), 1)
+        ids[group], dists[group] = _finish(part, table[group, :width], queries[qs[group]], metric, k)
+    return qs, ids, dists, widths
+
+
+def _prefix_pruned(
+    part: PreparedPartition, rows: NDArray[np.int64], queries: NDArray[np.float32], metric: Metric, k: int
+) -> NDArray[np.int64]:
+    """The rows (nq, w <= m) of ``rows`` (nq, m) that can still be in each query's exact top-k (L2, cosine).
+
+    The prefix bound (exact distance over the leading rotated dimensions) never exceeds the full
+    distance. The exact distances of the 2k rows with the smallest bounds give each query a k-th
+    distance tau; a row whose bound exceeds tau cannot enter the top-k, so only the others are ranked
+    exactly: safe pruning, no recall lost. The slack covers float32 rounding of the rotated
+    coordinates and of the rotation matrix (relative 1e-4 of tau, absolute 1e-6 (|x| + |q|)^2).
+    """
+    valid = rows >= 0
+    safe = np.where(valid, rows, 0)
+    q = part.lead.apply(queries).astype(np.float64)
+    diff = part.prefix[safe] - q[:, None, :]
+    bound = np.einsum("qmd,qmd->qm", diff, diff)
+    if metric is Metric.COSINE:
+        bound *= 0.5  # unit vectors: |x - q|^2 = 2 (1 - cos)
+    bound[~valid] = np.inf
+    first = select_smallest(bound, min(rows.shape[1], 2 * k))
+    probe = np.take_along_axis(rows, first, 1)
+    exact = exact_distances(part.data.vectors, np.where(probe >= 0, probe, 0), queries, metric)
+    exact[probe < 0] = np.inf
+    tau = np.partition(exact, k - 1, axis=1)[:, k - 1]
+    qnorm = np.sqrt((queries.astype(np.float64) ** 2).sum(axis=1))
+    slack = 1e-4 * tau + 1e-6 * (part.max_norm + qnorm) ** 2
+    keep = bound <= (tau + slack)[:, None]
+    width = max(int(keep.sum(axis=1).max()), 1)
+    chosen = select_smallest(np.where(keep, bound, np.inf), width)
+    return np.where(np.take_along_axis(keep, chosen, 1), np.take_along_axis(rows, chosen, 1), -1)
 
 
 def _prefix_bound(
@@ -340,10 +387,10 @@ def search_partition(
             continue
         if params.exact or m <= params.exact_threshold:
             stats["exact_scans"][qs] += 1
-            stats["reranked"][qs] += m
             if m * len(qs) <= _DIRECT_PAIRS:
                 small.append((qs, cand))
             else:
+                stats["reranked"][qs] += m
                 ids[qs], dists[qs] = _exact_scan(part, cand, queries[qs], metric, k)
                 clock.lap("rerank")
             continue
@@ -355,7 +402,8 @@ def search_partition(
         ids[qs], dists[qs] = _finish(part, rows, queries[qs], metric, k)
         clock.lap("rerank")
     if small:
-        qs, found, found_dists = _exact_ragged(part, small, queries, metric, k)
+        qs, found, found_dists, ranked = _exact_ragged(part, small, queries, metric, k)
         ids[qs], dists[qs] = found, found_dists
+        stats["reranked"][qs] += ranked
         clock.lap("rerank")
     return PartialResult(ids, dists, stats, clock.seconds)
