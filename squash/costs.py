@@ -148,17 +148,27 @@ class CostBreakdown:
         return self.per_query * 1e6
 
 
-def estimate(run_metrics: Mapping[str, Mapping[str, Any]], prices: Prices, queries: int) -> CostBreakdown:
-    """Cost of a run from its per-function metrics (function name -> {"role", counter: value})."""
+def estimate(
+    run_metrics: Mapping[str, Mapping[str, Any]], prices: Prices, queries: int, *, billed: str = "billed_ms"
+) -> CostBreakdown:
+    """Cost of a run from its per-function metrics (function name -> {"role", counter: value}).
+
+    ``billed`` names the duration counter to price: ``billed_ms`` (measured handler time, what Lambda
+    bills for this run) or ``model_ms`` (own CPU plus the slowest child and an invoke hop: what Lambda
+    would bill with a core per container, free of the contention of a small machine running every
+    function at once).
+    """
+    if billed not in ("billed_ms", "model_ms"):
+        raise InvalidInputError(f"billed must be 'billed_ms' or 'model_ms', got {billed!r}")
     out: dict[str, dict[str, Any]] = {}
     for name, c in run_metrics.items():
-        missing = [k for k in ("billed_ms", "memory_mb", "invocations") if k not in c]
+        missing = [k for k in (billed, "memory_mb", "invocations") if k not in c]
         if missing:
             raise InvalidInputError(f"metrics of {name}: missing counter(s) {missing} needed to price it")
         gb = c["memory_mb"] / 1024
         out[name] = {
             "role": c["role"],
-            "compute": gb * c["billed_ms"] / 1000 * prices.gb_second,
+            "compute": gb * c[billed] / 1000 * prices.gb_second,
             "init": gb * c.get("cold", 0) * prices.init_ms_per_cold_start / 1000 * prices.gb_second,
             "requests": c["invocations"] * prices.lambda_request,
             "gets": c.get("gets", 0) * prices.s3_get,

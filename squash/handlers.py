@@ -75,10 +75,17 @@ _INDEXES_KEPT = 4
 # "precompiled NUM_THREADS exceeded"; a run with 200 concurrent processors died of heap corruption), and more
 # callers than cores only adds contention.
 _COMPUTE = threading.BoundedSemaphore(os.cpu_count() or 1)
+# When the event being handled on this thread arrived (wall, thread CPU): each invocation runs on one thread.
+_ARRIVED = threading.local()
+# Modelled latency of one warm synchronous invoke hop on Lambda (design/anchors.md: "tens of ms warm"), added
+# to a parent's modelled duration for its slowest child.
+MODEL_HOP_MS = 20.0
 # CloudWatch units of the counters in squash.protocol.COUNTERS that are not plain counts.
 _METRIC_UNITS = {name: "Seconds" for name in COUNTERS if name.endswith("seconds")} | {
     "bytes_read": "Bytes",
     "billed_ms": "Milliseconds",
+    "critical_ms": "Milliseconds",
+    "model_ms": "Milliseconds",
     "memory_mb": "Megabytes",
 }
 
@@ -135,7 +142,11 @@ class _Invocation:
     """One invocation's meter: timings, cache outcomes and the storage requests it made itself."""
 
     def __init__(self, ctx: HandlerContext, uri: str) -> None:
-        self.started = time.perf_counter()
+        # Timed from the event's arrival in `handle`, so decoding the request counts as on Lambda.
+        arrived = getattr(_ARRIVED, "clocks", None)
+        _ARRIVED.clocks = None
+        self.started, self.cpu_started = arrived or (time.perf_counter(), time.thread_time())
+        self.slowest_child_ms: float | None = None
         self.ctx = ctx
         self.cold = ctx.begin()
         self.meter = MeteredStore(ctx.store(uri))
@@ -162,8 +173,16 @@ class _Invocation:
         self._indexes[ref] = replace(stored, store=self.meter)
         return self._indexes[ref]
 
+    def note_child(self, metrics: Metrics) -> None:
+        """Remember a child's modelled duration (the largest ``critical_ms`` in its subtree is its own)."""
+        ms = max((float(c.get("critical_ms", 0.0)) for c in metrics.values()), default=0.0)
+        self.slowest_child_ms = max(self.slowest_child_ms or 0.0, ms)
+
     def finish(self, queries: int) -> Metrics:
         seconds = time.perf_counter() - self.started
+        cpu = time.thread_time() - self.cpu_started
+        # Children run in parallel on their own cores on Lambda: a node waits for its slowest one.
+        critical = cpu * 1000 + (0.0 if self.slowest_child_ms is None else self.slowest_child_ms + MODEL_HOP_MS)
         own = {
             "invocations": 1,
             "cold": int(self.cold),
@@ -172,6 +191,9 @@ class _Invocation:
             "seconds": seconds,
             "max_seconds": seconds,
             "billed_ms": math.ceil(seconds * 1000),
+            "cpu_seconds": cpu,
+            "critical_ms": critical,
+            "model_ms": math.ceil(critical),
             "memory_mb": self.ctx.config.memory_mb,
             "gets": self.meter.stats.gets,
             "bytes_read": self.meter.stats.bytes_read,
@@ -300,6 +322,7 @@ def _search_share(inv: _Invocation, work: _Work) -> _Share:
         for name in STAT_FIELDS:
             stats[name][qs] += part.stats[name]
         metrics.append(part.metrics)
+        inv.note_child(part.metrics)
     return _Share(ids, dists, stats, metrics, complete, missing)
 
 
@@ -343,6 +366,7 @@ def _run_node(inv: _Invocation, work: _Work, shape: TreeShape, node: int | None,
     for result in done:
         if isinstance(result, SquashError):
             raise result
+        inv.note_child(result.metrics)
     share = _Share(
         np.concatenate([mine.ids, *(r.ids for r in done)]),
         np.concatenate([mine.distances, *(r.distances for r in done)]),
@@ -468,4 +492,5 @@ _ROUTES: dict[str, tuple[Any, Callable[[Any, HandlerContext], Any]]] = {
 def handle(role: str, event: dict[str, Any], ctx: HandlerContext) -> dict[str, Any]:
     """Validate ``event`` for ``role``, run its handler and encode the response."""
     request_type, body = _ROUTES[role]
+    _ARRIVED.clocks = (time.perf_counter(), time.thread_time())
     return body(request_type.from_event(event), ctx).to_event()

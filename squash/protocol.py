@@ -59,6 +59,9 @@ COUNTERS = (
     "seconds",  # handler time, summed: billed duration
     "max_seconds",  # slowest single invocation
     "billed_ms",  # handler time rounded up to whole milliseconds per invocation, as Lambda bills it
+    "cpu_seconds",  # CPU time of the handler's own thread (excludes waiting for a core, children, I/O)
+    "critical_ms",  # modelled duration with a core of its own: own CPU + slowest child + one invoke hop
+    "model_ms",  # critical_ms rounded up per invocation: the billed time on Lambda without local contention
     "memory_mb",  # the function's memory setting, which prices its billed time
     "plan_seconds",  # partition selection
     "load_seconds",  # reading and decoding index objects
@@ -77,7 +80,7 @@ COUNTERS = (
     "hedges",  # duplicate invocations it started for stragglers
 )
 # Counters merged by maximum: a peak, or a setting that is the same for every invocation of a function.
-MAX_COUNTERS = frozenset({"max_seconds", "memory_mb"})
+MAX_COUNTERS = frozenset({"max_seconds", "memory_mb", "critical_ms"})
 # Bounds on what a response holds beyond its arrays: metrics have one entry per function *name* (coordinator,
 # allocator, processor slots), never one per invocation, so they stay small however large the tree.
 _ENVELOPE_BYTES = 4096

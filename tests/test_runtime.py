@@ -722,3 +722,25 @@ def test_deployed_mode_end_to_end_on_the_local_stack(tmp_path: Path) -> None:
             squash.Client.deployed(broken.uri, function=names["coordinator"]).query_batch(
                 broken.queries[:4], 5, branching=1, depth=1, exact=True
             )
+
+
+def test_modelled_durations_follow_the_critical_path(built: Built) -> None:
+    from squash.costs import Prices, estimate, metrics_from_info
+    from squash.handlers import MODEL_HOP_MS
+
+    client = squash.Client(built.uri)
+    result = client.query_batch(built.queries, 10, branching=2, depth=2)
+    metrics = metrics_from_info(result.info, client.config)
+    by_role = {role: [m for m in metrics.values() if m["role"] == role] for role in ("coordinator", "allocator")}
+    processors = [m for m in metrics.values() if m["role"] == "processor"]
+    for m in metrics.values():
+        assert 0 < m["cpu_seconds"] <= m["seconds"] + 1e-3
+        assert m["model_ms"] >= m["cpu_seconds"] * 1000
+    slowest_processor = max(m["critical_ms"] for m in processors)
+    (coordinator,) = by_role["coordinator"]
+    # Coordinator -> allocators (2 levels) -> processors: at least three hops below the coordinator.
+    assert coordinator["critical_ms"] >= slowest_processor + 3 * MODEL_HOP_MS
+    assert by_role["allocator"][0]["critical_ms"] >= slowest_processor + MODEL_HOP_MS
+    measured = estimate(metrics, Prices(), len(built.queries))
+    modelled = estimate(metrics, Prices(), len(built.queries), billed="model_ms")
+    assert modelled.item("requests") == measured.item("requests") and modelled.item("compute") > 0

@@ -21,12 +21,14 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from threadpoolctl import threadpool_limits
 
 from squash.bench.common import environment_header, markdown_table, recall_at_k
 from squash.bench.search import K, Workload, ground_truth
 from squash.client import Client
 from squash.costs import Prices, ec2_per_million, estimate, load_prices, metrics_from_info
 from squash.datasets import Dataset, shared_dataset, synthetic_clustered
+from squash.handlers import MODEL_HOP_MS
 from squash.pipeline import build_index
 from squash.protocol import ROLES
 from squash.tree import allocator_count
@@ -79,7 +81,9 @@ def run_tree(
     rows = []
     for phase in ("cold", "warm"):
         started = time.perf_counter()
-        result = client.query_batch(queries, k=K, filter=filters, branching=shape[0], depth=shape[1])
+        # One BLAS thread per function, as in a Lambda container, so each handler's CPU time is its own.
+        with threadpool_limits(1):
+            result = client.query_batch(queries, k=K, filter=filters, branching=shape[0], depth=shape[1])
         wall = time.perf_counter() - started
         rows.append(
             {
@@ -131,7 +135,7 @@ def time_split(info: dict[str, float]) -> dict[str, float]:
 def project(rows: list[dict[str, Any]], prices: Prices, nq: int, partitions: int) -> list[tuple[int, float, float]]:
     """(allocators, modelled $ per query, processor invocations) for `PROJECTED` from the warm measurements.
 
-    Fits billed ms = fixed × invocations + per-query × queries for allocators and for processors (least squares
+    Fits modelled billed ms = fixed × invocations + per-query × queries for allocators and for processors (least squares
     over the measured trees), and predicts processor calls per allocator as the expected distinct partitions its
     q = nq / N_A queries visit: P·(1 − (1 − v/P)^q) with v the measured partitions per query.
     """
@@ -140,12 +144,12 @@ def project(rows: list[dict[str, Any]], prices: Prices, nq: int, partitions: int
 
     def fit(role: str) -> NDArray[np.float64]:
         a = np.array([[r["info"][f"{role}.invocations"], r["info"][f"{role}.queries"]] for r in warm], dtype=float)
-        b = np.array([r["info"][f"{role}.billed_ms"] for r in warm], dtype=float)
+        b = np.array([r["info"][f"{role}.model_ms"] for r in warm], dtype=float)
         return np.clip(np.linalg.lstsq(a, b, rcond=None)[0], 0, None)
 
     alloc, proc = fit("allocator"), fit("processor")
     visits = np.mean([r["info"]["processor.queries"] / nq for r in warm])
-    coord_ms = np.mean([r["info"]["coordinator.billed_ms"] for r in warm])
+    coord_ms = np.mean([r["info"]["coordinator.model_ms"] for r in warm])
     out = []
     for n_a in PROJECTED:
         q = nq / n_a
@@ -246,16 +250,20 @@ def bench_dataset(
             for r in rows[-2:]:
                 print(f"  {shape} {r['phase']}: {r['qps']:.0f} QPS, recall {r['recall']:.4f}", flush=True)
         lat = latencies(uri, queries, filters, args.cold_latency, args.warm_latency)
-    costs = [estimate(r["metrics"], prices, nq) for r in rows]
+    costs = [estimate(r["metrics"], prices, nq, billed="model_ms") for r in rows]
+    measured = [estimate(r["metrics"], prices, nq) for r in rows]
     projection = project(rows, prices, nq, partitions)
     mem = rows[0]["info"]["function.squash-coordinator.memory_mb"]
     report.append(f"## {data.name}: {len(data.base):,} x {data.base.shape[1]}, {nq} queries, P={partitions}\n")
     report.append(
         f"Filter: {args.workload_note(data)}; measured selectivity {share:.2%}. Build {build_s:.0f} s. "
-        f"Every function {mem} MB, {prices.architecture}. QPS = all queries / wall time of the batch.\n"
+        f"Every function {mem} MB, {prices.architecture}. QPS = all queries / wall time of the batch. "
+        "$ are modelled as Lambda would bill with a core per container: each invocation's own CPU time plus, "
+        f"for a parent, its slowest child and a {MODEL_HOP_MS:.0f} ms invoke hop. \"$/1M measured\" prices the "
+        "handler wall times of this run instead: every function shares 2 cores here, so it is an upper bound.\n"
     )
     table = []
-    for r, c in zip(rows, costs, strict=True):
+    for r, c, wall in zip(rows, costs, measured, strict=True):
         i = r["info"]
         table.append(
             [
@@ -275,10 +283,11 @@ def bench_dataset(
                 f"{c.item('requests') + c.item('gets') + c.item('lists'):.2e}",
                 f"{c.per_query:.2e}",
                 f"{c.per_million:.2f}",
+                f"{wall.per_million:.2f}",
             ]
         )
     headers = ["(b,L)", "allocators", "run", "recall@10", "QPS", "ms/query", "invocations", "cold", "GETs"]
-    headers += ["$ coord", "$ alloc", "$ proc", "$ compute", "$ req+S3", "$/query", "$/1M"]
+    headers += ["$ coord", "$ alloc", "$ proc", "$ compute", "$ req+S3", "$/query", "$/1M", "$/1M measured"]
     report.append(markdown_table(headers, table) + "\n")
     paper = name_is_sift(data)
     proj_rows = [
