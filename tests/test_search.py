@@ -295,13 +295,13 @@ def test_benchmark_sweep_settings_are_valid_distinct_knobs():
 
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
 def test_selective_per_query_filters_are_exact_after_prefix_pruning(metric):
-    # About 300 matches per query: every partition holding one is scanned exactly, and its candidates
-    # (far more than 4k per partition) go through the safe prefix-bound pruning before the re-rank.
-    data = synthetic_clustered(6000, 24, n_queries=30, clusters=20, attributes=1, seed=5)
-    index = Index.build(data.base, data.attributes, metric=metric, partitions=4)
-    starts = np.linspace(0.0, 0.95, 30)
-    exprs = [{"a0": {"$gte": float(s), "$lt": float(s) + 0.05}} for s in starts]
-    masks = [(data.attributes["a0"] >= s) & (data.attributes["a0"] < s + 0.05) for s in starts]
+    # About 2,000 matches per query, 1,000 per partition: every partition holding one is scanned exactly, and
+    # its candidates (1,000 x 96 dimensions per query) go through the safe prefix-bound pruning first.
+    data = synthetic_clustered(16_000, 96, n_queries=30, clusters=20, attributes=1, seed=5)
+    index = Index.build(data.base, data.attributes, metric=metric, partitions=2)
+    starts = np.linspace(0.0, 0.875, 30)
+    exprs = [{"a0": {"$gte": float(s), "$lt": float(s) + 0.125}} for s in starts]
+    masks = [(data.attributes["a0"] >= s) & (data.attributes["a0"] < s + 0.125) for s in starts]
     result = index.search(data.queries, k=K, filter=exprs)
     np.testing.assert_array_equal(result.ids, brute_force(data.base, data.queries, masks, metric=metric))
     assert (result.stats["exact_scans"] >= 1).all()

@@ -44,6 +44,9 @@ _PAIR_CHUNK = 1 << 21
 _SCREEN_FACTOR = 4
 # Queries per group when candidate sets of different widths are ranked together.
 _WIDTH_GROUP = 32
+# Exact scans prune by the prefix bound only when a query's widest set times the dimension exceeds this:
+# below it, ranking every candidate costs less than the pruning's extra passes (1M x 128, 100 rows).
+_PRUNE_WORK = 1 << 16
 # Up to this many (query, row) pairs, distances are computed directly rather than screened by a product.
 _DIRECT_PAIRS = 1 << 16
 
@@ -188,7 +191,8 @@ def _exact_ragged(
     column = np.arange(rows.shape[0]) - np.repeat(np.cumsum(sizes) - sizes, sizes)
     table = np.full((len(qs), int(sizes.max())), -1, dtype=np.int64)
     table[slot, column] = rows
-    if metric is Metric.IP or table.shape[1] <= _SCREEN_FACTOR * k:
+    work = table.shape[1] * part.data.vectors.shape[1]
+    if metric is Metric.IP or table.shape[1] <= _SCREEN_FACTOR * k or work < _PRUNE_WORK:
         ids, dists = _finish(part, table, queries[qs], metric, k)
         return qs, ids, dists, sizes
     table = _prefix_pruned(part, table, queries[qs], metric, k)
