@@ -14,9 +14,10 @@ Levels, in order (design/algorithm.md 5.3, with Squash's placement of the exact 
 4. exact distances on the original vectors re-rank them, and the best k are returned.
 
 A partition with few candidates, or any partition in ``exact`` mode, skips the pruning levels
-and ranks every candidate exactly. Queries without a filter, or whose filter is expected to match
-more than ``exact_threshold`` rows here, scan fine lists instead (:mod:`squash.search.lists`):
-the lists replace levels 0-1, and levels 2-4 run on the rows scanned.
+and ranks every candidate exactly (after a safe prefix-bound pruning that cannot drop a top-k row).
+Queries without a filter, or whose filter is expected to match more than ``exact_threshold`` rows
+here, scan fine lists instead (:mod:`squash.search.lists`): the lists replace levels 0-1, level 2
+runs on the rows scanned and its survivors go straight to level 4.
 """
 
 from __future__ import annotations
