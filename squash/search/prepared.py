@@ -99,21 +99,17 @@ class PreparedPartition:
         rotation = self.data.osq.rotation
         d0 = min(PREFIX_DIMS, rotation.dim)
         self.lead = lead = RotationPrefix(rotation.mean, rotation.matrix[:, :d0])
-        vectors = self.data.vectors
-        self.prefix = (
-            np.concatenate([lead.apply(vectors[i : i + _BLOCK_ROWS]) for i in range(0, self.size, _BLOCK_ROWS)]).astype(
-                np.float64
-            )
-            if self.size
-            else np.zeros((0, d0), dtype=np.float64)
-        )
+        # One pass over the raw vectors, block by block: leading rotated coordinates and squared norms.
+        prefix, norms = [np.zeros((0, d0))], [np.zeros(0)]
+        for i in range(0, self.size, _BLOCK_ROWS):
+            block = self.data.vectors[i : i + _BLOCK_ROWS]
+            prefix.append(lead.apply(block).astype(np.float64))
+            norms.append((block.astype(np.float64) ** 2).sum(axis=1))
+        self.prefix = np.concatenate(prefix)
         self.prefix_norms = (self.prefix**2).sum(axis=1)
-        blocks = range(0, self.size, _BLOCK_ROWS)
-        norms = np.concatenate(
-            [(vectors[i : i + _BLOCK_ROWS].astype(np.float64) ** 2).sum(axis=1) for i in blocks] or [np.zeros(0)]
-        )
-        self.vector_norms = norms.astype(np.float32)
-        self.max_norm = float(np.sqrt(norms.max())) if self.size else 0.0
+        squared = np.concatenate(norms)
+        self.vector_norms = squared.astype(np.float32)
+        self.max_norm = float(np.sqrt(squared.max())) if self.size else 0.0
         centroids = self.data.list_centroids
         self.list_norms = np.einsum("ij,ij->i", centroids, centroids)
         self.cells = FlatCells.from_table(self.data.osq.cells, first_dim=d0)
