@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -11,24 +13,60 @@ from squash.search.prepared import PreparedPartition
 
 
 class QueryCodes:
-    """Per-partition forms of a query batch: rotated coordinates, sign codes, bound tables."""
+    """Per-partition forms of a query batch, each computed on first use.
+
+    List scans need only the prefix (a (nq, D) x (D, d0) product); the full rotation, the sign codes
+    and the OSQ tail tables (nq x every cell of every tail dimension: 12,544 per query on
+    Fashion-MNIST) are paid only by the candidate-set levels that read them.
+    """
 
     def __init__(self, part: PreparedPartition, queries: NDArray[np.float32], metric: Metric) -> None:
-        rotation = part.data.osq.rotation
-        self.offset = np.zeros((len(queries), 1), dtype=np.float32)
-        cells = part.cells
-        if metric is Metric.IP:
-            rotated = rotation.apply_direction(queries)
-            q = rotated[:, cells.dims]
-            self.tail = ip_lower(q, cells.lo, cells.hi)
-            self.offset = (-(queries.astype(np.float64) @ rotation.mean.astype(np.float64))[:, None]).astype(np.float32)
-        else:
-            rotated = rotation.apply(queries)
-            q = rotated[:, cells.dims]
-            self.tail = l2_lower(q, cells.lo, cells.hi)
-        self.prefix = rotated[:, : part.prefix_dims].astype(np.float64)
-        self.prefix_norms = (self.prefix**2).sum(axis=1)
-        self.signs = sign_codes(rotated)
+        self.part = part
+        self.queries = queries
+        self.metric = metric
+
+    @cached_property
+    def prefix(self) -> NDArray[np.float64]:
+        lead = self.part.lead
+        rotated = lead.apply_direction(self.queries) if self.metric is Metric.IP else lead.apply(self.queries)
+        return rotated.astype(np.float64)
+
+    @cached_property
+    def prefix_norms(self) -> NDArray[np.float64]:
+        return (self.prefix**2).sum(axis=1)
+
+    @cached_property
+    def lifted(self) -> NDArray[np.float64]:
+        """(nq, d0 + 2) such that ``lifted @ part.lifted.T`` is the prefix bound: [-2q, 1, |q|^2] for
+        L2 and cosine (|x|^2 - 2 q.x + |q|^2), [-q, 0, 0] for ``ip`` (the bound's constant is dropped)."""
+        if self.metric is Metric.IP:
+            zeros = np.zeros((len(self.queries), 2))
+            return np.hstack([-self.prefix, zeros])
+        return np.hstack([-2.0 * self.prefix, np.ones((len(self.queries), 1)), self.prefix_norms[:, None]])
+
+    @cached_property
+    def rotated(self) -> NDArray[np.float32]:
+        rotation = self.part.data.osq.rotation
+        return rotation.apply_direction(self.queries) if self.metric is Metric.IP else rotation.apply(self.queries)
+
+    @cached_property
+    def signs(self) -> NDArray[np.uint8]:
+        return sign_codes(self.rotated)
+
+    @cached_property
+    def tail(self) -> NDArray[np.float32]:
+        """Flat OSQ bound tables (nq, cells) over the dimensions after the prefix."""
+        cells = self.part.cells
+        q = self.rotated[:, cells.dims]
+        return ip_lower(q, cells.lo, cells.hi) if self.metric is Metric.IP else l2_lower(q, cells.lo, cells.hi)
+
+    @cached_property
+    def offset(self) -> NDArray[np.float32]:
+        """Per-query constant of the bound: -q.mean for ``ip`` (q.x = (q @ V).z + q.mean), else 0."""
+        if self.metric is not Metric.IP:
+            return np.zeros((len(self.queries), 1), dtype=np.float32)
+        mean = self.part.data.osq.rotation.mean.astype(np.float64)
+        return (-(self.queries.astype(np.float64) @ mean)[:, None]).astype(np.float32)
 
 
 def select_smallest(values: NDArray[np.generic], count: int) -> NDArray[np.int64]:

@@ -8,8 +8,8 @@ partition with m matches still returns min(k, m) of them. The filter is evaluate
 only, never on the whole partition, unless several queries share it.
 
 The prefix bound of every scanned row is one matrix product per list for all the queries that scan
-it (list-major), written to one flat buffer and gathered into per-query rows; the rows with the smallest
-bounds go straight to the exact re-rank. The OSQ tail bound is skipped here: with the raw vectors in warm
+it (list-major), written straight into a query-major table; the rows with the smallest bounds go
+straight to the exact re-rank. The OSQ tail bound is skipped here: with the raw vectors in warm
 memory, ranking a row exactly costs less than bounding it from its codes (measured on SIFT-like 1M x 128
 and Fashion-MNIST: more rows ranked exactly beat fewer rows bounded then ranked, at equal recall).
 """
@@ -160,49 +160,43 @@ def scan_lists(
     pair_q = np.repeat(np.arange(nq), counts)
     pair_list = np.concatenate(choice.lists) if nq else np.empty(0, dtype=np.int64)
     pair_len = choice.sizes[pair_list]
-    # Per query, its lists' rows side by side: (nq, width) row ids and flat-buffer positions.
+    # Query-major table (nq, width): a query's lists side by side from column 0, inf beyond them. Each
+    # pair (query, list) starts at a flat position; those positions ascend, so a flat position maps back
+    # to its pair by binary search and no per-row index array is ever built.
     per_query = np.bincount(pair_q, weights=pair_len, minlength=nq).astype(np.int64)
     width = int(per_query.max()) if nq else 0
-    by_list = np.argsort(pair_list, kind="stable")
-    flat_start = np.empty(len(pair_list), dtype=np.int64)
-    flat_start[by_list] = np.cumsum(pair_len[by_list]) - pair_len[by_list]
-    total = int(pair_len.sum())
-    sentinel = total
     column = np.cumsum(pair_len) - pair_len - np.repeat(np.cumsum(per_query) - per_query, counts)
-    element_pair = np.repeat(np.arange(len(pair_list)), pair_len)
-    local = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(pair_len) - pair_len, pair_len)
-    position = np.full((nq, width), sentinel, dtype=np.int64)
-    rows = np.full((nq, width), -1, dtype=np.int64)
-    qe, ce = pair_q[element_pair], column[element_pair] + local
-    position[qe, ce] = flat_start[element_pair] + local
-    rows[qe, ce] = starts[pair_list[element_pair]] + local
-
-    flat = np.empty(total + 1, dtype=np.float64)
-    flat[sentinel] = np.inf
-    qpre = codes.prefix[qs]
-    qnorm = codes.prefix_norms[qs]
+    pair_at = pair_q * width + column
+    table = np.full((nq, width), np.inf, dtype=np.float32)
+    flat = table.reshape(-1)
+    lifted = codes.lifted[qs]
+    by_list = np.argsort(pair_list, kind="stable")
+    sorted_q, sorted_at = pair_q[by_list], pair_at[by_list]
     sorted_lists = pair_list[by_list]
-    cuts = np.flatnonzero(np.diff(sorted_lists)) + 1
-    first = np.concatenate(([0], cuts))
-    last = np.concatenate((cuts, [len(sorted_lists)]))
-    for a, b in zip(first.tolist(), last.tolist(), strict=True):
-        members = by_list[a:b]
+    cuts = (np.flatnonzero(np.diff(sorted_lists)) + 1).tolist()
+    offsets = np.arange(int(choice.sizes.max()) if len(choice.sizes) else 0)
+    # One product per list yields every bound of its queries; a list scanned by one query (most of them at
+    # 1M rows) is written as a slice, which is the cheapest numpy call per list.
+    for a, b in zip([0, *cuts], [*cuts, len(by_list)], strict=True) if len(by_list) else ():
         lst = int(sorted_lists[a])
         lo, hi = int(starts[lst]), int(starts[lst + 1])
-        who = pair_q[members]
-        dots = qpre[who] @ part.prefix[lo:hi].T
-        block = -dots if metric is Metric.IP else part.prefix_norms[lo:hi][None, :] - 2.0 * dots + qnorm[who][:, None]
-        at = int(flat_start[members[0]])
-        flat[at : at + block.size] = block.ravel()
-    bound = flat[position].astype(np.float32)
+        block = lifted[sorted_q[a:b]] @ part.lifted[lo:hi].T
+        if b - a == 1:
+            at = int(sorted_at[a])
+            flat[at : at + hi - lo] = block[0]
+        else:
+            flat[sorted_at[a:b, None] + offsets[: hi - lo]] = block
+    scanned = per_query.copy()
     for j, mask in enumerate(choice.masks):
         if mask is not None:
-            bound[j, : len(mask)][~mask] = np.inf
-    valid = np.isfinite(bound)
-    scanned = valid.sum(axis=1)
+            table[j, : len(mask)][~mask] = np.inf
+            scanned[j] = int(np.count_nonzero(mask))
     stats["filtered"][qs] += scanned
     keep = min(width, max(params.hamming_floor, k, int(params.prefix_keep * scanned.mean()) if nq else 0))
-    chosen = select_smallest(bound, keep)
-    rows = np.where(np.isfinite(np.take_along_axis(bound, chosen, 1)), np.take_along_axis(rows, chosen, 1), -1)
-    stats["prefix"][qs] += (rows >= 0).sum(axis=1)
+    chosen = select_smallest(table, keep)
+    found = np.isfinite(np.take_along_axis(table, chosen, 1))
+    at = np.arange(nq)[:, None] * width + chosen
+    pair = np.searchsorted(pair_at, at, side="right") - 1
+    rows = np.where(found, starts[pair_list[pair]] + (at - pair_at[pair]), -1)
+    stats["prefix"][qs] += found.sum(axis=1)
     return rows

@@ -38,6 +38,7 @@ class RotationPrefix:
     matrix: NDArray[np.float32]
 
     apply = Rotation.apply
+    apply_direction = Rotation.apply_direction
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,9 @@ class PreparedPartition:
 
     - ``prefix`` (n, d0) float64: the exact rotated coordinates of the leading d0 dimensions, and
       ``prefix_norms`` their squared norms, for the prefix bound computed with one matrix product
-      (float64 so a query's bounds do not depend on which other queries share the product);
+      (float64 so a query's bounds do not depend on which other queries share the product); both are
+      views of ``lifted`` (n, d0 + 2) = [prefix, prefix_norms, 1], whose product with a lifted query
+      (:attr:`QueryCodes.lifted`) is the bound itself, with no elementwise pass after it;
     - ``list_norms``: squared norms of the fine-list centroids, for ranking lists per query;
     - ``vector_norms`` (float32 squared norms of the raw vectors) and ``max_norm``, for the float32
       screen ahead of the exact re-rank;
@@ -81,6 +84,7 @@ class PreparedPartition:
     data: PartitionData
     histograms: NDArray[np.int64] = field(init=False)
     lead: RotationPrefix = field(init=False)
+    lifted: NDArray[np.float64] = field(init=False)
     prefix: NDArray[np.float64] = field(init=False)
     prefix_norms: NDArray[np.float64] = field(init=False)
     list_norms: NDArray[np.float32] = field(init=False)
@@ -105,8 +109,11 @@ class PreparedPartition:
             block = self.data.vectors[i : i + _BLOCK_ROWS]
             prefix.append(lead.apply(block).astype(np.float64))
             norms.append((block.astype(np.float64) ** 2).sum(axis=1))
-        self.prefix = np.concatenate(prefix)
-        self.prefix_norms = (self.prefix**2).sum(axis=1)
+        self.lifted = np.ones((self.size, d0 + 2))
+        self.prefix = self.lifted[:, :d0]
+        self.prefix[:] = np.concatenate(prefix)
+        self.prefix_norms = self.lifted[:, d0]
+        self.prefix_norms[:] = (self.prefix**2).sum(axis=1)
         squared = np.concatenate(norms)
         self.vector_norms = squared.astype(np.float32)
         self.max_norm = float(np.sqrt(squared.max())) if self.size else 0.0
@@ -125,7 +132,7 @@ class PreparedPartition:
     @property
     def nbytes(self) -> int:
         """Memory held: the partition's arrays plus what was derived from them (what a warm cache pays)."""
-        derived = [self.prefix, self.prefix_norms, self.list_norms, self.vector_norms, self.histograms]
+        derived = [self.lifted, self.list_norms, self.vector_norms, self.histograms]
         derived += [array for pair in self._postings.values() for array in pair]
         return self.data.nbytes + sum(int(a.nbytes) for a in derived)
 
