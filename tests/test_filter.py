@@ -30,6 +30,7 @@ from squash.filter import (
     compile_filter,
     parse_filter,
 )
+from squash.filter.batch import matches_many, shape
 
 N = 4000
 NUMERIC_OPS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin")
@@ -433,3 +434,45 @@ def test_histogram_bounds_combinations():
     ]
     for expr, bounds in cases:
         assert compile_filter(expr, schema, q).state_histogram_bounds(h) == bounds, expr
+
+
+def same_shape_filters(rng: np.random.Generator, ctx: Context, count: int) -> list[dict]:
+    """``count`` filters of one shape (a range, a negated bound, an OR) with different operands."""
+    out = []
+    for _ in range(count):
+        lo, hi = sorted(rng.choice(ctx.pools[2], 2))
+        out.append(
+            {
+                "normal": {"$gte": float(lo), "$lt": float(hi)},
+                "$not": {"many": {"$lte": int(rng.choice(ctx.pools[1]))}},
+                "$or": [{"ties": {"$gt": float(rng.choice(ctx.pools[3]))}}, {"few": {"$ne": int(rng.integers(-3, 4))}}],
+            }
+        )
+    return out
+
+
+@pytest.mark.parametrize("bits", [3, 8])
+def test_matches_many_equals_matches_filter_by_filter(bits):
+    """Batched evaluation (stacked cell tables, per-row operands) gives each filter's own answer on its rows."""
+    schema, raw = dataset()
+    q, codes = quantized(bits)
+    ctx = make_context(schema, q, raw)
+    rng = np.random.default_rng(bits)
+    exprs = same_shape_filters(rng, ctx, 12) + [random_filter(rng, ctx) for _ in range(24)]
+    exprs += same_shape_filters(rng, ctx, 12)
+    filters = [compile_filter(e, schema, q) for e in exprs]
+    rows = [np.sort(rng.choice(N, size=int(rng.integers(0, 300)), replace=False)) for _ in filters]
+    owner = np.repeat(np.arange(len(filters)), [len(r) for r in rows])
+    got = matches_many(filters, codes, raw, owner, np.concatenate(rows))
+    want = np.concatenate([f.matches(codes, raw, r) for f, r in zip(filters, rows, strict=True)])
+    np.testing.assert_array_equal(got, want)
+    assert want.any() and not want.all()
+
+
+def test_shape_ignores_operands_and_sets_are_evaluated_alone():
+    schema, _ = dataset()
+    a = parse_filter({"normal": {"$gte": 0.1, "$lt": 0.2}, "flag": True}, schema)
+    b = parse_filter({"normal": {"$gte": -3.0, "$lt": 5}, "flag": False}, schema)
+    c = parse_filter({"normal": {"$gte": 0.1, "$lte": 0.2}, "flag": True}, schema)
+    assert shape(a) == shape(b) != shape(c)
+    assert shape(parse_filter({"few": {"$in": [1, 2]}}, schema)) is None

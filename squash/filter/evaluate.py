@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import reduce
+from functools import cached_property, reduce
 from typing import Any
 
 import numpy as np
@@ -38,6 +38,15 @@ class _Table:
 
     attribute: int
     states: np.ndarray  # (256,) uint8; codes beyond the attribute's cells are PARTIAL, the safe answer
+
+    # 0/1 weights over codes: a partition's counts come from one dot product with its code histogram.
+    @cached_property
+    def full(self) -> np.ndarray:
+        return (self.states == FULL).astype(np.int64)
+
+    @cached_property
+    def maybe(self) -> np.ndarray:
+        return (self.states != NONE).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -157,8 +166,8 @@ class CompiledFilter:
         tables = [node for node in conjuncts if isinstance(node, _Table)]
         if not tables:
             return None
-        best = min(tables, key=lambda t: int(histograms[t.attribute][t.states != NONE].sum()))
-        return best.attribute, best.states != NONE
+        best = min(tables, key=lambda t: int(histograms[t.attribute] @ t.maybe))
+        return best.attribute, best.maybe.astype(bool)
 
     def _compile(self, predicate: Predicate) -> _Node:
         match predicate:
@@ -254,9 +263,9 @@ def _states(node: _Node, codes: np.ndarray) -> np.ndarray:
 def _bounds(node: _Node, histograms: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(certain, possible) per partition of ``histograms`` (P, A, 256), ``n`` (P,) rows each."""
     match node:
-        case _Table(attribute, states):
+        case _Table(attribute):
             counts = histograms[:, attribute]
-            return counts[:, states == FULL].sum(axis=1), counts[:, states != NONE].sum(axis=1)
+            return counts @ node.full, counts @ node.maybe
         case _Negate(child):
             certain, possible = _bounds(child, histograms, n)
             return n - possible, n - certain
@@ -270,8 +279,8 @@ def _bounds(node: _Node, histograms: np.ndarray, n: np.ndarray) -> tuple[np.ndar
 
 def _full_max(node: _Node, histograms: np.ndarray, n: np.ndarray) -> np.ndarray:
     match node:
-        case _Table(attribute, states):
-            return histograms[:, attribute][:, states == FULL].sum(axis=1)
+        case _Table(attribute):
+            return histograms[:, attribute] @ node.full
         case _Combine(is_and, children):
             ceilings = [_full_max(c, histograms, n) for c in children]
             return np.minimum.reduce(ceilings) if is_and else np.minimum(n, sum(ceilings))
@@ -280,9 +289,9 @@ def _full_max(node: _Node, histograms: np.ndarray, n: np.ndarray) -> np.ndarray:
 
 def _share(node: _Node, histograms: np.ndarray, n: int) -> float:
     match node:
-        case _Table(attribute, states):
-            counts = histograms[attribute]
-            return float(counts[states == FULL].sum() + 0.5 * counts[states == PARTIAL].sum()) / n
+        case _Table(attribute):
+            # FULL rows count whole, PARTIAL rows half: (full + maybe) / 2 weighs them so.
+            return 0.5 * float(histograms[attribute] @ (node.full + node.maybe)) / n
         case _Negate(child):
             return 1.0 - _share(child, histograms, n)
         case _Combine(is_and, children):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
 
 from squash.filter import CompiledFilter
+from squash.filter.batch import matches_many
 from squash.model import PartitionData
 from squash.osq import CellTable, Rotation
 
@@ -18,6 +20,12 @@ PREFIX_DIMS = 32
 _BLOCK_ROWS = 16_384
 # Above this fraction of the partition, a full pass over the codes beats gathering posting lists.
 _INDEX_LOOKUP_LIMIT = 0.25
+# Posting-list lookups of up to _BATCHED_LOOKUP rows are checked together, up to _LOOKUP_BATCH_ROWS rows
+# at a time, so many small lookups share each numpy call while a batch's arrays stay in cache. Larger
+# lookups are checked one by one: their per-filter cost dwarfs the calls, and one-dimensional code
+# lookups beat the batch's two-dimensional ones (measured on 1M x 128, 18k-row lookups: 1.4x).
+_BATCHED_LOOKUP = 4096
+_LOOKUP_BATCH_ROWS = 1 << 16
 
 
 def concat_ranges(starts: NDArray[np.int64], stops: NDArray[np.int64]) -> NDArray[np.int64]:
@@ -148,18 +156,96 @@ class PreparedPartition:
         """Rows that satisfy the filter exactly, ascending; None means every row (no filter)."""
         if compiled is None:
             return None
+        return self.candidates_many([compiled])[1]
+
+    def _lookup(self, compiled: CompiledFilter) -> tuple[int, NDArray[np.int64], int] | None:
+        """(attribute, codes, rows) of a posting-list lookup holding every match, or None if a full pass is cheaper."""
         driver = compiled.driver(self.histograms)
-        rows: NDArray[np.int64] | None = None
-        if driver is not None:
-            attribute, allowed = driver
-            possible = int(self.histograms[attribute][allowed].sum())
-            if possible == 0:
-                return np.empty(0, dtype=np.int64)
-            if possible <= _INDEX_LOOKUP_LIMIT * self.size:
+        if driver is None:
+            return None
+        attribute, allowed = driver
+        counts = self.histograms[attribute]
+        codes = np.flatnonzero(allowed & (counts > 0))
+        possible = int(counts[codes].sum())
+        return (attribute, codes, possible) if possible <= _INDEX_LOOKUP_LIMIT * self.size else None
+
+    def candidates_many(self, filters: Sequence[CompiledFilter]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """Rows satisfying each filter exactly, for many filters at once: (owner, rows).
+
+        ``rows[j]`` satisfies ``filters[owner[j]]``; owners ascend and each filter's rows ascend. A filter
+        with a selective driver attribute gathers that attribute's posting lists (O(matches)); small
+        lookups of all filters are checked in batches (:func:`squash.filter.batch.matches_many`), large
+        ones filter by filter. Other filters take a full pass over the codes.
+        """
+        owners: list[NDArray[np.int64]] = []
+        found: list[NDArray[np.int64]] = []
+        batch = _LookupBatch(self, filters)
+        data = self.data
+        for i, compiled in enumerate(filters):
+            lookup = self._lookup(compiled)
+            if lookup is not None and lookup[2] <= _BATCHED_LOOKUP:
+                if batch.rows + lookup[2] > _LOOKUP_BATCH_ROWS:
+                    batch.flush(owners, found)
+                batch.add(i, *lookup)
+                continue
+            if lookup is not None:
+                attribute, codes, _ = lookup
                 order, offsets = self.postings(attribute)
-                codes = np.flatnonzero(allowed & (self.histograms[attribute] > 0))
                 rows = np.sort(order[concat_ranges(offsets[codes], offsets[codes + 1])]).astype(np.int64)
-        if rows is None:
-            mask = compiled.matches(self.data.attr_codes, self.data.attr_raw)
-            return np.flatnonzero(mask)
-        return rows[compiled.matches(self.data.attr_codes, self.data.attr_raw, rows=rows)]
+                rows = rows[compiled.matches(data.attr_codes, data.attr_raw, rows=rows)]
+            else:
+                rows = np.flatnonzero(compiled.matches(data.attr_codes, data.attr_raw))
+            owners.append(np.full(len(rows), i, dtype=np.int64))
+            found.append(rows)
+        batch.flush(owners, found)
+        if not found:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+        return _sorted_pairs(np.concatenate(owners), np.concatenate(found), self.size)
+
+
+class _LookupBatch:
+    """Posting-list lookups of several filters, gathered and checked together once enough rows are queued."""
+
+    def __init__(self, part: PreparedPartition, filters: Sequence[CompiledFilter]) -> None:
+        self.part = part
+        self.filters = filters
+        self.rows = 0
+        self.members: list[int] = []
+        self.ranges: dict[int, tuple[list[NDArray[np.int64]], list[NDArray[np.int64]], list[int], list[int]]] = {}
+
+    def add(self, i: int, attribute: int, codes: NDArray[np.int64], possible: int) -> None:
+        offsets = self.part.postings(attribute)[1]
+        starts, stops, who, lengths = self.ranges.setdefault(attribute, ([], [], [], []))
+        starts.append(offsets[codes])
+        stops.append(offsets[codes + 1])
+        who.append(len(self.members))
+        lengths.append(possible)
+        self.members.append(i)
+        self.rows += possible
+
+    def flush(self, owners: list[NDArray[np.int64]], found: list[NDArray[np.int64]]) -> None:
+        """Gather the queued rows, keep those matching their filter, append them to ``owners``/``found``."""
+        if not self.ranges:
+            return
+        gathered_owner, gathered = [], []
+        for attribute, (starts, stops, who, lengths) in self.ranges.items():
+            order = self.part.postings(attribute)[0]
+            gathered.append(order[concat_ranges(np.concatenate(starts), np.concatenate(stops))].astype(np.int64))
+            gathered_owner.append(np.repeat(np.asarray(who, dtype=np.int64), lengths))
+        owner, rows = _sorted_pairs(np.concatenate(gathered_owner), np.concatenate(gathered), self.part.size)
+        data = self.part.data
+        members = [self.filters[i] for i in self.members]
+        keep = matches_many(members, data.attr_codes, data.attr_raw, owner, rows)
+        owners.append(np.asarray(self.members, dtype=np.int64)[owner[keep]])
+        found.append(rows[keep])
+        self.ranges.clear()
+        self.members.clear()
+        self.rows = 0
+
+
+def _sorted_pairs(
+    owner: NDArray[np.int64], rows: NDArray[np.int64], size: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """(owner, row) pairs sorted by owner, then row."""
+    key = np.sort(owner * max(size, 1) + rows)
+    return key // max(size, 1), key % max(size, 1)

@@ -380,13 +380,18 @@ def search_partition(
         ids[qs], dists[qs] = _finish(part, rows, queries[qs], metric, k)
         clock.lap("rerank")
     small: list[tuple[NDArray[np.int64], NDArray[np.int64]]] = []
+    # Every filtered group's candidates in one batch; the unfiltered group (exact mode only) takes every row.
+    filtered = [members for members in groups.values() if filters[members[0]] is not None]
+    owner, matched = part.candidates_many([filters[members[0]] for members in filtered])
+    bounds = np.searchsorted(owner, np.arange(len(filtered) + 1)).tolist()
+    sets = {id(filters[members[0]]): matched[bounds[g] : bounds[g + 1]] for g, members in enumerate(filtered)}
+    clock.lap("filter")
     for members in groups.values():
         qs = np.asarray(members, dtype=np.int64)
-        cand = part.candidates(filters[members[0]])
+        cand = sets.get(id(filters[members[0]]))
         if cand is None:
             cand = np.arange(part.size, dtype=np.int64)
         m = cand.shape[0]
-        clock.lap("filter")
         stats["filtered"][qs] += m
         if m == 0:
             continue
