@@ -30,7 +30,7 @@ from squash.filter import (
     compile_filter,
     parse_filter,
 )
-from squash.filter.batch import matches_many, shape
+from squash.filter.batch import estimates_many, matches_many, partition_bounds_many, shape
 
 N = 4000
 NUMERIC_OPS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin")
@@ -476,3 +476,23 @@ def test_shape_ignores_operands_and_sets_are_evaluated_alone():
     c = parse_filter({"normal": {"$gte": 0.1, "$lte": 0.2}, "flag": True}, schema)
     assert shape(a) == shape(b) != shape(c)
     assert shape(parse_filter({"few": {"$in": [1, 2]}}, schema)) is None
+
+
+def test_bounds_and_estimates_for_many_filters_equal_each_filters_own():
+    """Grouped by tree shape, the batched histogram bounds and estimates equal the per-filter ones."""
+    schema, raw = dataset()
+    q, codes = quantized(4)
+    ctx = make_context(schema, q, raw)
+    rng = np.random.default_rng(3)
+    exprs = same_shape_filters(rng, ctx, 8) + [random_filter(rng, ctx) for _ in range(30)]
+    filters = [compile_filter(e, schema, q) for e in exprs]
+    parts = np.array_split(rng.permutation(N), 3)
+    stacked = np.stack([histograms(codes[rows]) for rows in parts])
+    certain, possible, ceiling = partition_bounds_many(filters, stacked)
+    for i, f in enumerate(filters):
+        np.testing.assert_array_equal(certain[i], f.partition_bounds(stacked)[0])
+        np.testing.assert_array_equal(possible[i], f.partition_bounds(stacked)[1])
+        np.testing.assert_array_equal(ceiling[i], f.full_ceiling(stacked))
+    assert (certain <= possible).all() and (certain < possible).any()
+    for h in stacked:
+        np.testing.assert_allclose(estimates_many(filters, h), [f.estimate(h) for f in filters])

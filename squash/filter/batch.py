@@ -17,7 +17,19 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from squash.filter.evaluate import _COMPARE, FULL, PARTIAL, CompiledFilter, _Combine, _Negate, _Node, _Table
+from squash.filter.evaluate import (
+    _COMPARE,
+    FULL,
+    PARTIAL,
+    CompiledFilter,
+    _bounds,
+    _Combine,
+    _full_max,
+    _Negate,
+    _Node,
+    _Table,
+    estimates,
+)
 from squash.filter.parse import And, Compare, In, Not, Or, Predicate
 
 
@@ -130,4 +142,40 @@ def matches_many(
             columns = _Columns(raw, names, sub[partial])
             result[partial] = _evaluate(filters[members[0]].predicate, columns, iter(operands.T))
         out[where] = result
+    return out
+
+
+def _by_shape(filters: Sequence[CompiledFilter]) -> list[list[int]]:
+    groups: dict[Hashable, list[int]] = {}
+    for i, compiled in enumerate(filters):
+        groups.setdefault(compiled.shape, []).append(i)
+    return list(groups.values())
+
+
+def partition_bounds_many(
+    filters: Sequence[CompiledFilter], histograms: NDArray[np.integer]
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+    """(certain, possible, full ceiling), each (F, P): :meth:`CompiledFilter.partition_bounds` and
+    :meth:`CompiledFilter.full_ceiling` of every filter over ``histograms`` (P, A, 256), a group of
+    same-shaped filters at a time."""
+    shape = (len(filters), histograms.shape[0])
+    certain, possible, ceiling = np.zeros(shape, np.int64), np.zeros(shape, np.int64), np.zeros(shape, np.int64)
+    if not filters:
+        return certain, possible, ceiling
+    checked, n = filters[0]._checked(histograms)
+    for members in _by_shape(filters):
+        nodes = [filters[i]._root for i in members]
+        certain[members], possible[members] = _bounds(nodes, checked, n)
+        ceiling[members] = _full_max(nodes, checked, n)
+    return certain, possible, ceiling
+
+
+def estimates_many(filters: Sequence[CompiledFilter], histograms: NDArray[np.integer]) -> NDArray[np.float64]:
+    """:meth:`CompiledFilter.estimate` of every filter on one partition's ``histograms`` (A, 256)."""
+    out = np.zeros(len(filters))
+    if not filters:
+        return out
+    checked, n = filters[0]._checked(np.asarray(histograms)[None])
+    for members in _by_shape(filters):
+        out[members] = estimates([filters[i]._root for i in members], checked, n)[:, 0]
     return out

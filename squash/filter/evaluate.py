@@ -9,7 +9,7 @@ only PARTIAL rows need the exact check, so :meth:`CompiledFilter.matches` equals
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property, reduce
 from typing import Any
@@ -71,6 +71,7 @@ class CompiledFilter:
         self.quantizer = quantizer
         self._integral = tuple(spec.type is not AttrType.FLOAT for spec in quantizer.schema.fields)
         self._root = self._compile(predicate)
+        self.shape = tree_shape(self._root)
 
     def cell_states(self, codes: np.ndarray) -> np.ndarray:
         """Three-valued state per row: (n, A) uint8 codes -> (n,) uint8 of NONE, PARTIAL or FULL."""
@@ -124,7 +125,8 @@ class CompiledFilter:
     def partition_bounds(self, histograms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`state_histogram_bounds` for many partitions at once: (P, A, 256) -> two (P,) int64 arrays."""
         histograms, n = self._checked(histograms)
-        return _bounds(self._root, histograms, n)
+        certain, possible = _bounds([self._root], histograms, n)
+        return certain[0], possible[0]
 
     def full_ceiling(self, histograms: np.ndarray) -> np.ndarray:
         """Upper bound per partition (P,) on the rows whose codes alone prove a match (state FULL).
@@ -132,7 +134,7 @@ class CompiledFilter:
         Where it equals the certain bound, counting FULL rows from the codes cannot find more.
         """
         histograms, n = self._checked(histograms)
-        return _full_max(self._root, histograms, n)
+        return _full_max([self._root], histograms, n)[0]
 
     def _checked(self, histograms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         a = len(self.quantizer.schema)
@@ -149,11 +151,8 @@ class CompiledFilter:
         Assumes attributes independent and PARTIAL cells half matching; always within the bounds of
         :meth:`state_histogram_bounds`, so it is exact whenever they meet.
         """
-        n = int(histograms[0].sum()) if len(histograms) else 0
-        if n == 0:
-            return 0.0
-        certain, possible = _bounds(self._root, histograms[None].astype(np.int64, copy=False), np.array([n]))
-        return float(min(max(_share(self._root, histograms, n) * n, int(certain[0])), int(possible[0])))
+        n = np.array([int(histograms[0].sum()) if len(histograms) else 0])
+        return float(estimates([self._root], histograms[None].astype(np.int64, copy=False), n)[0, 0])
 
     def driver(self, histograms: np.ndarray) -> tuple[int, np.ndarray] | None:
         """An attribute whose non-NONE codes hold every matching row, for index lookups.
@@ -260,44 +259,74 @@ def _states(node: _Node, codes: np.ndarray) -> np.ndarray:
     return _states_at(node, codes, None)
 
 
-def _bounds(node: _Node, histograms: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(certain, possible) per partition of ``histograms`` (P, A, 256), ``n`` (P,) rows each."""
+def tree_shape(node: _Node) -> Hashable:
+    """A compiled tree without its cell tables: trees of one shape are evaluated together."""
     match node:
         case _Table(attribute):
-            counts = histograms[:, attribute]
-            return counts @ node.full, counts @ node.maybe
+            return attribute
         case _Negate(child):
-            certain, possible = _bounds(child, histograms, n)
-            return n - possible, n - certain
+            return ("not", tree_shape(child))
         case _Combine(is_and, children):
-            certain, possible = zip(*(_bounds(c, histograms, n) for c in children), strict=True)
-            if is_and:
-                return np.maximum(0, sum(certain) - (len(children) - 1) * n), np.minimum.reduce(possible)
-            return np.maximum.reduce(certain), np.minimum(n, sum(possible))
+            return (is_and, tuple(tree_shape(c) for c in children))
     raise TypeError(f"not a compiled node: {node!r}")
 
 
-def _full_max(node: _Node, histograms: np.ndarray, n: np.ndarray) -> np.ndarray:
-    match node:
-        case _Table(attribute):
-            return histograms[:, attribute] @ node.full
-        case _Combine(is_and, children):
-            ceilings = [_full_max(c, histograms, n) for c in children]
-            return np.minimum.reduce(ceilings) if is_and else np.minimum(n, sum(ceilings))
-    return n
+def _weights(nodes: Sequence[_Node], name: str) -> np.ndarray:
+    """(G, 256) code weights ``name`` ("full" or "maybe") of same-attribute tables."""
+    return np.stack([getattr(t, name) for t in nodes])
 
 
-def _share(node: _Node, histograms: np.ndarray, n: int) -> float:
-    match node:
-        case _Table(attribute):
-            # FULL rows count whole, PARTIAL rows half: (full + maybe) / 2 weighs them so.
-            return 0.5 * float(histograms[attribute] @ (node.full + node.maybe)) / n
-        case _Negate(child):
-            return 1.0 - _share(child, histograms, n)
-        case _Combine(is_and, children):
-            shares = np.array([_share(c, histograms, n) for c in children])
-            return float(shares.prod()) if is_and else float(1.0 - (1.0 - shares).prod())
-    raise TypeError(f"not a compiled node: {node!r}")
+def _children(nodes: Sequence[_Node]) -> list[list[_Node]]:
+    """The j-th children of same-shaped combine nodes, for every j."""
+    combined = [t for t in nodes if isinstance(t, _Combine)]
+    return [[t.children[j] for t in combined] for j in range(len(combined[0].children))]
+
+
+def _bounds(nodes: Sequence[_Node], histograms: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(certain, possible), each (G, P), of same-shaped trees ``nodes`` over ``histograms`` (P, A, 256), n (P,)."""
+    first = nodes[0]
+    if isinstance(first, _Table):
+        counts = histograms[:, first.attribute].T
+        return _weights(nodes, "full") @ counts, _weights(nodes, "maybe") @ counts
+    if isinstance(first, _Negate):
+        certain, possible = _bounds([t.child for t in nodes if isinstance(t, _Negate)], histograms, n)
+        return n - possible, n - certain
+    certain, possible = zip(*(_bounds(c, histograms, n) for c in _children(nodes)), strict=True)
+    if isinstance(first, _Combine) and first.is_and:
+        return np.maximum(0, sum(certain) - (len(certain) - 1) * n), np.minimum.reduce(possible)
+    return np.maximum.reduce(certain), np.minimum(n, sum(possible))
+
+
+def _full_max(nodes: Sequence[_Node], histograms: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """(G, P) upper bounds on the rows whose codes alone prove a match."""
+    first = nodes[0]
+    if isinstance(first, _Table):
+        return _weights(nodes, "full") @ histograms[:, first.attribute].T
+    if isinstance(first, _Combine):
+        ceilings = [_full_max(c, histograms, n) for c in _children(nodes)]
+        return np.minimum.reduce(ceilings) if first.is_and else np.minimum(n, sum(ceilings))
+    return np.broadcast_to(n, (len(nodes), len(n)))
+
+
+def _share(nodes: Sequence[_Node], histograms: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """(G, P) expected matching fractions, attributes independent and PARTIAL cells half matching."""
+    first = nodes[0]
+    if isinstance(first, _Table):
+        # FULL rows count whole, PARTIAL rows half: (full + maybe) / 2 weighs them so.
+        both = _weights(nodes, "full") + _weights(nodes, "maybe")
+        return 0.5 * (both @ histograms[:, first.attribute].T) / np.maximum(n, 1)
+    if isinstance(first, _Negate):
+        return 1.0 - _share([t.child for t in nodes if isinstance(t, _Negate)], histograms, n)
+    shares = [_share(c, histograms, n) for c in _children(nodes)]
+    if isinstance(first, _Combine) and first.is_and:
+        return np.multiply.reduce(shares)
+    return 1.0 - np.multiply.reduce([1.0 - x for x in shares])
+
+
+def estimates(nodes: Sequence[_Node], histograms: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """(G, P) expected matching rows, within the (certain, possible) bounds so exact where they meet."""
+    certain, possible = _bounds(nodes, histograms, n)
+    return np.minimum(np.maximum(_share(nodes, histograms, n) * n, certain), possible)
 
 
 def _exact(predicate: Predicate, column: Any) -> np.ndarray:

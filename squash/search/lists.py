@@ -16,7 +16,7 @@ and Fashion-MNIST: more rows ranked exactly beat fewer rows bounded then ranked,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -107,12 +107,16 @@ def choose_lists(
     part: PreparedPartition,
     queries: NDArray[np.float32],
     filters: Sequence[CompiledFilter | None],
+    estimates: Mapping[int, float],
     probes: NDArray[np.int32],
     k: int,
     params: SearchParams,
     metric: Metric,
 ) -> _ListChoice:
-    """Lists (and filter masks over their rows) for every query of ``queries``; ``probes`` lists at least."""
+    """Lists (and filter masks over their rows) for every query of ``queries``; ``probes`` lists at least.
+
+    ``estimates`` maps ``id(filter)`` to its expected matching rows in the partition.
+    """
     choice = _ListChoice(part, list_order(part, queries, metric), probes, params, k)
     users: dict[int, int] = {}
     for compiled in filters:
@@ -127,7 +131,7 @@ def choose_lists(
             continue
         key = id(compiled)
         if key not in shares:
-            shares[key] = compiled.estimate(part.histograms) / max(part.size, 1)
+            shares[key] = estimates[key] / max(part.size, 1)
         per_query = max(scanned, choice.target / max(shares[key], 1e-9))
         if users[key] > 1 and users[key] * per_query >= _SHARED_FILTER_SHARE * part.size:
             if key not in full:

@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from squash.filter import FULL, CompiledFilter
+from squash.filter.batch import partition_bounds_many
 from squash.model import IndexMeta, Metric
 from squash.search.lists import list_scores
 from squash.search.params import SearchParams
@@ -48,18 +49,22 @@ _COUNT_BLOCK = 4096
 class _FilterCounts:
     """Per-filter bounds on each partition's matching rows; certain counts refined lazily from codes."""
 
-    def __init__(self, meta: IndexMeta, compiled: CompiledFilter | None) -> None:
+    def __init__(
+        self,
+        meta: IndexMeta,
+        compiled: CompiledFilter | None,
+        bounds: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]] | None,
+    ) -> None:
+        """``bounds``: the filter's (certain, possible, full ceiling) per partition (None without a filter)."""
         self.meta = meta
         self.compiled = compiled
-        if compiled is None:
-            self.bound = meta.sizes.astype(np.int64).copy()
-            self.possible = self.bound.copy()
-        else:
-            self.bound, self.possible = compiled.partition_bounds(meta.attr_histograms)
+        if bounds is None:
+            sizes = meta.sizes.astype(np.int64)
+            bounds = (sizes, sizes, sizes)
+        self.bound, self.possible, ceiling = (b.copy() for b in bounds)
         # Certain matches found in the first ``counted`` rows of each partition; nothing to count where the
         # histograms already pin the number of rows whose codes prove a match.
         self.found = np.zeros_like(self.bound)
-        ceiling = self.possible if compiled is None else compiled.full_ceiling(meta.attr_histograms)
         self.counted = np.where(self.bound == ceiling, meta.sizes, 0).astype(np.int64)
 
     def certain_count(self, partition: int, need: int) -> int:
@@ -109,7 +114,12 @@ def plan_queries(
     scores = centroid_scores(meta, queries)
     order = np.argsort(scores, axis=1, kind="stable")
     probes = list_counts(meta, queries, params.probe)
-    counts: dict[int, _FilterCounts] = {}
+    # Histogram bounds of every distinct filter in one batch (same-shaped filters share each numpy call).
+    distinct = list({id(f): f for f in filters if f is not None}.values())
+    batch = partition_bounds_many(distinct, meta.attr_histograms)
+    counts: dict[int, _FilterCounts] = {
+        id(f): _FilterCounts(meta, f, (batch[0][j], batch[1][j], batch[2][j])) for j, f in enumerate(distinct)
+    }
     plans: list[Plan] = []
     cap = params.max_partitions or meta.n_partitions
     for i, compiled in enumerate(filters):
@@ -119,7 +129,7 @@ def plan_queries(
             continue
         fc = counts.get(id(compiled))
         if fc is None:
-            fc = counts[id(compiled)] = _FilterCounts(meta, compiled)
+            fc = counts[id(compiled)] = _FilterCounts(meta, None, None)
         candidates = [int(p) for p in order[i] if fc.possible[p] > 0]
         if params.exact or int(fc.possible.sum()) <= params.exact_budget:
             chosen = np.asarray(candidates, dtype=np.int64)

@@ -30,6 +30,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from squash.filter import CompiledFilter
+from squash.filter.batch import estimates_many
 from squash.model import Metric
 from squash.search.levels import QueryCodes, select_smallest, tail_bounds
 from squash.search.lists import choose_lists, scan_lists
@@ -328,11 +329,14 @@ def _exact_scan(
     return ids, dists
 
 
-def _scans_lists(part: PreparedPartition, compiled: CompiledFilter | None, params: SearchParams) -> bool:
-    """Whether a query scans fine lists, rather than ranking its filter's candidate set."""
+def _scans_lists(part: PreparedPartition, estimate: float | None, params: SearchParams) -> bool:
+    """Whether a query scans fine lists, rather than ranking its filter's candidate set.
+
+    ``estimate`` is its filter's expected matching rows here (None: no filter).
+    """
     if params.exact or part.size <= params.exact_threshold or part.data.n_lists <= 1:
         return False
-    return compiled is None or compiled.estimate(part.histograms) > params.exact_threshold
+    return estimate is None or estimate > params.exact_threshold
 
 
 def search_partition(
@@ -360,10 +364,12 @@ def search_partition(
     codes: QueryCodes | None = None
     groups: dict[int, list[int]] = {}
     scanning: list[int] = []
-    expected: dict[int, bool] = {}
+    distinct = list({id(f): f for f in filters if f is not None}.values())
+    matching = estimates_many(distinct, part.histograms).tolist()
+    estimate = {id(f): m for f, m in zip(distinct, matching, strict=True)}
+    expected = {key: _scans_lists(part, value, params) for key, value in estimate.items()}
+    expected[id(None)] = _scans_lists(part, None, params)
     for i, compiled in enumerate(filters):
-        if id(compiled) not in expected:
-            expected[id(compiled)] = _scans_lists(part, compiled, params)
         if expected[id(compiled)]:
             scanning.append(i)
         else:
@@ -371,7 +377,9 @@ def search_partition(
     if scanning:
         qs = np.asarray(scanning, dtype=np.int64)
         probe = np.full(len(qs), params.probe, dtype=np.int32) if probes is None else probes[qs]
-        choice = choose_lists(part, queries[qs], [filters[i] for i in scanning], probe, k, params, metric)
+        choice = choose_lists(
+            part, queries[qs], [filters[i] for i in scanning], estimate, probe, k, params, metric
+        )
         clock.lap("filter")
         codes = QueryCodes(part, queries, metric)
         rows = scan_lists(part, codes, choice, qs, k, params, metric, stats)
