@@ -27,6 +27,7 @@ from squash.filter import (
     Not,
     Op,
     Or,
+    compile_exprs,
     compile_filter,
     parse_filter,
 )
@@ -496,3 +497,26 @@ def test_bounds_and_estimates_for_many_filters_equal_each_filters_own():
     assert (certain <= possible).all() and (certain < possible).any()
     for h in stacked:
         np.testing.assert_allclose(estimates_many(filters, h), [f.estimate(h) for f in filters])
+
+
+@pytest.mark.parametrize("bits", [3, 8])
+def test_filters_compiled_together_equal_filters_compiled_alone(bits):
+    """Same-shaped filters compiled in one batch (stacked cell tables) get each filter's own states, and stay
+    exact: FULL rows match, NONE rows do not."""
+    schema, raw = dataset()
+    q, codes = quantized(bits)
+    ctx = make_context(schema, q, raw)
+    rng = np.random.default_rng(11 + bits)
+    exprs = same_shape_filters(rng, ctx, 10) + [random_filter(rng, ctx) for _ in range(20)] + [None, {}]
+    exprs += [{"few": {"$eq": int(v)}, "cat": {"$ne": "red"}} for v in rng.integers(-4, 5, 8)]
+    together = compile_exprs(exprs, schema, q)
+    for expr, f in zip(exprs, together, strict=True):
+        alone = compile_filter(expr, schema, q)
+        if alone is None:
+            assert f is None
+            continue
+        states = f.cell_states(codes)
+        np.testing.assert_array_equal(states, alone.cell_states(codes), err_msg=str(expr))
+        exact = f.exact(raw)
+        assert exact[states == FULL].all() and not exact[states == NONE].any(), expr
+        assert f.shape == alone.shape

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from squash.filter.evaluate import FULL, NONE, PARTIAL, CompiledFilter, compile_filter
+from squash.filter.evaluate import FULL, NONE, PARTIAL, CompiledFilter, compile_exprs, compile_filter
 from squash.filter.parse import MAX_DEPTH, MAX_LEAVES, And, Compare, In, Not, Op, Or, Predicate, parse_filter
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "Op",
     "Or",
     "Predicate",
+    "compile_exprs",
     "compile_filter",
     "parse_filter",
 ]

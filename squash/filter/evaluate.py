@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cached_property, reduce
+from functools import reduce
 from typing import Any
 
 import numpy as np
@@ -34,19 +34,21 @@ _COMPARE = {
 
 @dataclass(frozen=True)
 class _Table:
-    """States of a subtree that reads one attribute, indexed by that attribute's code."""
+    """States of a subtree that reads one attribute, indexed by that attribute's code.
+
+    ``states`` is (256,) uint8, or (G, 256) while G same-shaped filters are compiled together; codes
+    beyond the attribute's cells are PARTIAL, the safe answer. ``full`` and ``maybe`` are 0/1 int64
+    weights over codes (FULL, not NONE): a partition's counts are one dot product with its histogram.
+    """
 
     attribute: int
-    states: np.ndarray  # (256,) uint8; codes beyond the attribute's cells are PARTIAL, the safe answer
+    states: np.ndarray
+    full: np.ndarray
+    maybe: np.ndarray
 
-    # 0/1 weights over codes: a partition's counts come from one dot product with its code histogram.
-    @cached_property
-    def full(self) -> np.ndarray:
-        return (self.states == FULL).astype(np.int64)
 
-    @cached_property
-    def maybe(self) -> np.ndarray:
-        return (self.states != NONE).astype(np.int64)
+def _table(attribute: int, states: np.ndarray) -> _Table:
+    return _Table(attribute, states, (states == FULL).astype(np.int64), (states != NONE).astype(np.int64))
 
 
 @dataclass(frozen=True)
@@ -66,11 +68,11 @@ _Node = _Table | _Combine | _Negate
 class CompiledFilter:
     """A predicate with its per-cell state tables, built once per (predicate, quantizer)."""
 
-    def __init__(self, predicate: Predicate, quantizer: AttributeQuantizer) -> None:
+    def __init__(self, predicate: Predicate, quantizer: AttributeQuantizer, root: _Node | None = None) -> None:
+        """``root``: the compiled tree when :func:`compile_many` built it in a batch."""
         self.predicate = predicate
         self.quantizer = quantizer
-        self._integral = tuple(spec.type is not AttrType.FLOAT for spec in quantizer.schema.fields)
-        self._root = self._compile(predicate)
+        self._root = _rows(_Compiler(quantizer).compile([predicate]), 1)[0] if root is None else root
         self.shape = tree_shape(self._root)
 
     def cell_states(self, codes: np.ndarray) -> np.ndarray:
@@ -168,56 +170,128 @@ class CompiledFilter:
         best = min(tables, key=lambda t: int(histograms[t.attribute] @ t.maybe))
         return best.attribute, best.maybe.astype(bool)
 
-    def _compile(self, predicate: Predicate) -> _Node:
-        match predicate:
-            case Compare() | In():
-                return _Table(predicate.attribute, self._leaf_states(predicate))
-            case Not(child):
-                node = self._compile(child)
-                return _Table(node.attribute, 2 - node.states) if isinstance(node, _Table) else _Negate(node)
-            case And(children) | Or(children):
-                return _combine(isinstance(predicate, And), [self._compile(c) for c in children])
-        raise TypeError(f"not a predicate: {predicate!r}")
 
-    def _leaf_states(self, leaf: Compare | In) -> np.ndarray:
+
+class _Compiler:
+    """Compiles same-shaped predicates together: every table of the result holds (G, 256) states."""
+
+    def __init__(self, quantizer: AttributeQuantizer) -> None:
+        self.quantizer = quantizer
+        self.integral = tuple(spec.type is not AttrType.FLOAT for spec in quantizer.schema.fields)
+
+    def compile(self, predicates: Sequence[Predicate]) -> _Node:
+        first = predicates[0]
+        match first:
+            case Compare(_, attribute, op, _):
+                lo, hi = self.quantizer.cell_lo[attribute], self.quantizer.cell_hi[attribute]
+                values = np.array([p.value for p in predicates if isinstance(p, Compare)])
+                return _table(attribute, _compare_states(op, lo, hi, values))
+            case In(_, attribute, _):
+                return _table(attribute, np.stack([self._in_states(p) for p in predicates if isinstance(p, In)]))
+            case Not():
+                node = self.compile([p.child for p in predicates if isinstance(p, Not)])
+                return _table(node.attribute, 2 - node.states) if isinstance(node, _Table) else _Negate(node)
+            case And(children) | Or(children):
+                parts = [[p.children[j] for p in predicates if isinstance(p, And | Or)] for j in range(len(children))]
+                return _combine(isinstance(first, And), [self.compile(c) for c in parts])
+        raise TypeError(f"not a predicate: {first!r}")
+
+    def _in_states(self, leaf: In) -> np.ndarray:
         lo, hi = self.quantizer.cell_lo[leaf.attribute], self.quantizer.cell_hi[leaf.attribute]
-        if isinstance(leaf, In):
-            values = np.asarray(leaf.values)
-            inside = np.searchsorted(values, hi, side="right") - np.searchsorted(values, lo, side="left")
-            # An integer-valued cell holds only integers in [lo, hi]: it is FULL when the set covers them all.
-            covered = (lo == hi) | (self._integral[leaf.attribute] & (inside == hi - lo + 1))
-            full, none = (inside > 0) & covered, inside == 0
-        else:
-            full, none = _cell_tests(leaf.op, lo, hi, leaf.value)
+        values = np.asarray(leaf.values)
+        inside = np.searchsorted(values, hi, side="right") - np.searchsorted(values, lo, side="left")
+        # An integer-valued cell holds only integers in [lo, hi]: it is FULL when the set covers them all.
+        covered = (lo == hi) | (self.integral[leaf.attribute] & (inside == hi - lo + 1))
         states = np.full(_CODES, PARTIAL)
-        states[: lo.size][none] = NONE
-        states[: lo.size][full] = FULL
+        states[: lo.size][inside == 0] = NONE
+        states[: lo.size][(inside > 0) & covered] = FULL
         return states
 
 
-def _cell_tests(op: Op, lo: np.ndarray, hi: np.ndarray, v: float) -> tuple[np.ndarray, np.ndarray]:
-    """(every value of the cell passes, no value passes) for ``value op v`` over cells [lo, hi]."""
-    match op:
-        case Op.EQ | Op.NE:
-            single, outside = (lo == v) & (hi == v), (v < lo) | (v > hi)
-            return (single, outside) if op is Op.EQ else (outside, single)
-        case Op.GT:
-            return lo > v, hi <= v
-        case Op.GTE:
-            return lo >= v, hi < v
-        case Op.LT:
-            return hi < v, lo >= v
-        case Op.LTE:
-            return hi <= v, lo > v
-    raise TypeError(f"not a comparison: {op!r}")
+def _rows(node: _Node, count: int) -> list[_Node]:
+    """Split a tree compiled for ``count`` filters into one tree per filter (views of its tables)."""
+    if isinstance(node, _Table):
+        return [_Table(node.attribute, node.states[g], node.full[g], node.maybe[g]) for g in range(count)]
+    if isinstance(node, _Negate):
+        return [_Negate(child) for child in _rows(node.child, count)]
+    children = [_rows(child, count) for child in node.children]
+    return [_Combine(node.is_and, tuple(c[g] for c in children)) for g in range(count)]
+
+
+def predicate_shape(predicate: Predicate) -> Hashable:
+    """A predicate without its operands: predicates of one shape compile to trees of one shape."""
+    match predicate:
+        case Compare(_, attribute, op, _):
+            return (attribute, op)
+        case In(_, attribute, _):
+            return (attribute, "$in")
+        case Not(child):
+            return ("$not", predicate_shape(child))
+        case And(children) | Or(children):
+            return (isinstance(predicate, And), tuple(predicate_shape(c) for c in children))
+    raise TypeError(f"not a predicate: {predicate!r}")
+
+
+def compile_many(predicates: Sequence[Predicate], quantizer: AttributeQuantizer) -> list[CompiledFilter]:
+    """A :class:`CompiledFilter` per predicate; same-shaped predicates compile together, one numpy call per
+    leaf for the whole group (a batch of per-query filters costs about as much as one)."""
+    out: list[CompiledFilter | None] = [None] * len(predicates)
+    groups: dict[Hashable, list[int]] = {}
+    for i, predicate in enumerate(predicates):
+        groups.setdefault(predicate_shape(predicate), []).append(i)
+    compiler = _Compiler(quantizer)
+    for members in groups.values():
+        roots = _rows(compiler.compile([predicates[i] for i in members]), len(members))
+        for i, root in zip(members, roots, strict=True):
+            out[i] = CompiledFilter(predicates[i], quantizer, root)
+    return [f for f in out if f is not None]
+
+
+def _compare_states(op: Op, lo: np.ndarray, hi: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """(G, 256) states of the cells [lo, hi] (ascending, disjoint) for ``value op v``, v in ``values`` (G,).
+
+    Cells are ordered (lo[i] <= hi[i] < lo[i + 1]), so the FULL and NONE cells of a comparison are a prefix
+    and a suffix found by binary search; the cell holding v, if any, is the only one an equality test can
+    leave undecided.
+    """
+    n = lo.size
+    codes = np.arange(_CODES)
+    if op in (Op.EQ, Op.NE):
+        cell = np.searchsorted(lo, values, side="right") - 1
+        at = np.maximum(cell, 0)
+        holds = (cell >= 0) & (hi[at] >= values)
+        single = holds & (lo[at] == values) & (hi[at] == values)
+        states = np.full((len(values), _CODES), PARTIAL)
+        states[:, :n] = NONE if op is Op.EQ else FULL
+        decided = FULL if op is Op.EQ else NONE
+        rows = np.flatnonzero(holds)
+        states[rows, cell[rows]] = np.where(single[rows], decided, PARTIAL)
+        return states
+    side = "right" if op in (Op.GT, Op.LTE) else "left"  # > v and <= v split at v itself the same way
+    below = codes < np.searchsorted(hi, values, side=side)[:, None]  # cells entirely below v
+    above = (codes >= np.searchsorted(lo, values, side=side)[:, None]) & (codes < n)  # entirely above v
+    low, high = (NONE, FULL) if op in (Op.GT, Op.GTE) else (FULL, NONE)
+    return np.where(below, low, np.where(above, high, PARTIAL)).astype(np.uint8)
 
 
 def compile_filter(expr: Any, schema: AttributeSchema, quantizer: AttributeQuantizer) -> CompiledFilter | None:
     """Parse ``expr`` against ``schema`` and compile it for ``quantizer``; None when there is no filter."""
-    if quantizer.schema != schema:
+    return compile_exprs([expr], schema, quantizer)[0]
+
+
+def compile_exprs(
+    exprs: Sequence[Any], schema: AttributeSchema, quantizer: AttributeQuantizer
+) -> list[CompiledFilter | None]:
+    """:func:`compile_filter` of every expression, same-shaped ones compiled together (:func:`compile_many`)."""
+    if quantizer.schema is not schema and quantizer.schema != schema:
         raise InvalidInputError("the attribute quantizer was fitted for a different schema than the filter's")
-    predicate = parse_filter(expr, schema)
-    return None if predicate is None else CompiledFilter(predicate, quantizer)
+    predicates = [parse_filter(expr, schema) for expr in exprs]
+    given = [i for i, predicate in enumerate(predicates) if predicate is not None]
+    compiled = compile_many([p for p in predicates if p is not None], quantizer)
+    out: list[CompiledFilter | None] = [None] * len(exprs)
+    for i, f in zip(given, compiled, strict=True):
+        out[i] = f
+    return out
 
 
 def _combine(is_and: bool, children: list[_Node]) -> _Node:
@@ -235,7 +309,7 @@ def _combine(is_and: bool, children: list[_Node]) -> _Node:
             tables[child.attribute] = child.states if known is None else merge(known, child.states)
         else:
             others.append(child)
-    merged = [_Table(attribute, states) for attribute, states in tables.items()] + others
+    merged = [_table(attribute, states) for attribute, states in tables.items()] + others
     return merged[0] if len(merged) == 1 else _Combine(is_and, tuple(merged))
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from squash.errors import FilterError, InvalidInputError, LimitExceededError
-from squash.filter import CompiledFilter, compile_filter
+from squash.filter import CompiledFilter, compile_exprs
 from squash.model import IndexMeta, Metric
 from squash.validation import as_vectors
 
@@ -53,11 +53,8 @@ def compile_filters(filter: Any, nq: int, meta: IndexMeta) -> list[CompiledFilte
         exprs = list(filter)
     else:
         exprs = [filter] * nq
-    cache: dict[str, CompiledFilter | None] = {}
-    out: list[CompiledFilter | None] = []
-    for expr in exprs:
-        key = canonical_filter(expr)
-        if key not in cache:
-            cache[key] = compile_filter(expr, meta.schema, meta.attr_quantizer)
-        out.append(cache[key])
-    return out
+    keys = [canonical_filter(expr) for expr in exprs]
+    unique = dict(zip(keys, exprs, strict=True))
+    compiled = compile_exprs(list(unique.values()), meta.schema, meta.attr_quantizer)
+    by_key = dict(zip(unique, compiled, strict=True))
+    return [by_key[key] for key in keys]
