@@ -31,7 +31,7 @@ from squash.filter import (
     compile_filter,
     parse_filter,
 )
-from squash.filter.batch import estimates_many, matches_many, partition_bounds_many, shape
+from squash.filter.batch import estimates_many, matches_many, partition_bounds_many
 
 N = 4000
 NUMERIC_OPS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin")
@@ -470,15 +470,22 @@ def test_matches_many_equals_matches_filter_by_filter(bits):
     assert want.any() and not want.all()
 
 
-def test_shape_ignores_operands_and_sets_are_evaluated_alone():
+def test_filter_keys_ignore_operands():
+    """Filters differing only in operands share a key (and are evaluated together); operators matter."""
     schema, _ = dataset()
-    a = parse_filter({"normal": {"$gte": 0.1, "$lt": 0.2}, "flag": True}, schema)
-    b = parse_filter({"normal": {"$gte": -3.0, "$lt": 5}, "flag": False}, schema)
-    c = parse_filter({"normal": {"$gte": 0.1, "$lte": 0.2}, "flag": True}, schema)
-    assert shape(a) == shape(b) != shape(c)
-    assert shape(parse_filter({"few": {"$in": [1, 2]}}, schema)) is None
-
-
+    q, _ = quantized(8)
+    a, b, c, d = compile_exprs(
+        [
+            {"normal": {"$gte": 0.1, "$lt": 0.2}, "flag": True},
+            {"normal": {"$gte": -3.0, "$lt": 5}, "flag": False},
+            {"normal": {"$gte": 0.1, "$lte": 0.2}, "flag": True},
+            {"few": {"$in": [1, 2]}, "flag": True},
+        ],
+        schema,
+        q,
+    )
+    assert a.key == b.key != c.key and a.shape == b.shape
+    assert d.key != a.key
 def test_bounds_and_estimates_for_many_filters_equal_each_filters_own():
     """Grouped by tree shape, the batched histogram bounds and estimates equal the per-filter ones."""
     schema, raw = dataset()

@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from squash.filter.evaluate import (
+    _CODES,
     _COMPARE,
     FULL,
     PARTIAL,
@@ -30,26 +31,12 @@ from squash.filter.evaluate import (
     _Table,
     estimates,
 )
-from squash.filter.parse import And, Compare, In, Not, Or, Predicate
+from squash.filter.parse import And, Compare, Not, Or, Predicate
 
 
-def shape(predicate: Predicate) -> Hashable | None:
-    """The predicate without its operands (None when it holds a set, which is evaluated alone).
-
-    Compilation depends on the shape only, so filters of one shape also have cell-table trees of one shape.
-    """
-    match predicate:
-        case Compare(_, attribute, op, _):
-            return (attribute, op)
-        case In():
-            return None
-        case Not(child):
-            inner = shape(child)
-            return None if inner is None else ("not", inner)
-        case And(children) | Or(children):
-            parts = tuple(shape(c) for c in children)
-            return None if None in parts else (isinstance(predicate, And), parts)
-    raise TypeError(f"not a predicate: {predicate!r}")
+def _holds_sets(key: Hashable) -> bool:
+    """Whether a predicate shape (:func:`predicate_shape`) has a ``$in``/``$nin`` leaf."""
+    return key == "$in" or (isinstance(key, tuple) and any(_holds_sets(part) for part in key))
 
 
 def _operands(predicate: Predicate) -> list[float]:
@@ -90,16 +77,19 @@ class _Columns:
         return self.cache[attribute]
 
 
-def _states_many(nodes: Sequence[_Node], slot: NDArray[np.int64], codes: NDArray[np.uint8]) -> NDArray[np.uint8]:
-    """States of ``codes`` rows under same-shaped trees ``nodes``; row j reads tree ``slot[j]``."""
+def _states_many(
+    nodes: Sequence[_Node], base: NDArray[np.int64], codes: NDArray[np.uint8], rows: NDArray[np.int64]
+) -> NDArray[np.uint8]:
+    """States of ``rows`` under same-shaped trees ``nodes``; row j reads the tree at ``base[j] / 256``."""
     first = nodes[0]
     if isinstance(first, _Table):
-        return np.stack([n.states for n in nodes if isinstance(n, _Table)])[slot, codes[:, first.attribute]]
+        stacked = np.stack([n.states for n in nodes if isinstance(n, _Table)]).reshape(-1)
+        return stacked[base + codes[rows, first.attribute]]
     if isinstance(first, _Negate):
-        return 2 - _states_many([n.child for n in nodes if isinstance(n, _Negate)], slot, codes)
+        return 2 - _states_many([n.child for n in nodes if isinstance(n, _Negate)], base, codes, rows)
     combined = [n for n in nodes if isinstance(n, _Combine)]
-    parts = [_states_many([n.children[j] for n in combined], slot, codes) for j in range(len(combined[0].children))]
-    return reduce(np.minimum if combined[0].is_and else np.maximum, parts)
+    parts = [_states_many([n.children[j] for n in combined], base, codes, rows) for j in range(len(first.children))]
+    return reduce(np.minimum if first.is_and else np.maximum, parts)
 
 
 def matches_many(
@@ -115,32 +105,33 @@ def matches_many(
     raw values are read only for PARTIAL ones.
     """
     out = np.zeros(len(rows), dtype=bool)
-    bounds = np.searchsorted(owner, np.arange(len(filters) + 1))
+    bounds = np.searchsorted(owner, np.arange(len(filters) + 1)).tolist()
     groups: dict[Hashable, list[int]] = {}
     for i, compiled in enumerate(filters):
-        if bounds[i] == bounds[i + 1]:
+        if bounds[i] < bounds[i + 1]:
+            groups.setdefault(compiled.key, []).append(i)
+    for key, members in groups.items():
+        if _holds_sets(key):
+            for i in members:
+                out[bounds[i] : bounds[i + 1]] = filters[i].matches(codes, raw, rows=rows[bounds[i] : bounds[i + 1]])
             continue
-        key = shape(compiled.predicate)
-        if key is None:
-            out[bounds[i] : bounds[i + 1]] = compiled.matches(codes, raw, rows=rows[bounds[i] : bounds[i + 1]])
-        else:
-            groups.setdefault(key, []).append(i)
-    for members in groups.values():
-        counts = bounds[np.asarray(members) + 1] - bounds[members]
+        counts = [bounds[i + 1] - bounds[i] for i in members]
         if len(members) == len(filters):
             where: slice | NDArray[np.int64] = slice(None)
         else:
             where = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in members])
         sub = rows[where]
         slot = np.repeat(np.arange(len(members)), counts)
-        states = _states_many([filters[i]._root for i in members], slot, codes[sub])
+        states = _states_many([filters[i]._root for i in members], slot * _CODES, codes, sub)
         result = states == FULL
         partial = np.flatnonzero(states == PARTIAL)
         if partial.size:
-            operands = np.array([_operands(filters[i].predicate) for i in members], dtype=np.float64)[slot[partial]]
+            # One operand column per comparison, gathered per PARTIAL row as the evaluation reaches it.
+            operands = np.array([_operands(filters[i].predicate) for i in members], dtype=np.float64).T
+            at = slot[partial]
             names = filters[members[0]].quantizer.schema.names
             columns = _Columns(raw, names, sub[partial])
-            result[partial] = _evaluate(filters[members[0]].predicate, columns, iter(operands.T))
+            result[partial] = _evaluate(filters[members[0]].predicate, columns, (column[at] for column in operands))
         out[where] = result
     return out
 

@@ -69,10 +69,15 @@ class CompiledFilter:
     """A predicate with its per-cell state tables, built once per (predicate, quantizer)."""
 
     def __init__(self, predicate: Predicate, quantizer: AttributeQuantizer, root: _Node | None = None) -> None:
-        """``root``: the compiled tree when :func:`compile_many` built it in a batch."""
+        """``root``: the compiled tree when :func:`compile_many` built it in a batch.
+
+        ``key`` is the predicate's shape (:func:`predicate_shape`) and ``shape`` its tree's
+        (:func:`tree_shape`): filters with equal keys are evaluated together, equal shapes counted together.
+        """
         self.predicate = predicate
         self.quantizer = quantizer
         self._root = _rows(_Compiler(quantizer).compile([predicate]), 1)[0] if root is None else root
+        self.key = predicate_shape(predicate)
         self.shape = tree_shape(self._root)
 
     def cell_states(self, codes: np.ndarray) -> np.ndarray:
