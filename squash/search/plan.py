@@ -85,6 +85,8 @@ def list_counts(meta: IndexMeta, queries: NDArray[np.float32], probe: int) -> ND
     nq, p = queries.shape[0], meta.n_partitions
     if len(owner) == 0 or nq == 0:
         return np.zeros((nq, p), dtype=np.int32)
+    if p == 1:  # every list is the one partition's: no need to rank them here
+        return np.full((nq, 1), min(probe, len(owner)), dtype=np.int32)
     scores = list_scores(queries, centroids, norms, meta.metric)
     take = min(probe, len(owner))
     top = np.argpartition(scores, take - 1, axis=1)[:, :take] if take < len(owner) else None
