@@ -29,6 +29,7 @@ from squash.filter.evaluate import (
     _Negate,
     _Node,
     _Table,
+    _weights,
     estimates,
 )
 from squash.filter.parse import And, Compare, Not, Or, Predicate
@@ -170,3 +171,51 @@ def estimates_many(filters: Sequence[CompiledFilter], histograms: NDArray[np.int
     for members in _by_shape(filters):
         out[members] = estimates([filters[i]._root for i in members], checked, n)[:, 0]
     return out
+
+
+def drivers_many(
+    filters: Sequence[CompiledFilter], histograms: NDArray[np.integer]
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+    """:meth:`CompiledFilter.driver` of every filter on one partition's ``histograms`` (A, 256), as arrays.
+
+    Returns ``(attribute, possible, pair_filter, pair_code)``: each filter's driver attribute (-1 without
+    one) and its possible rows there, and every (filter, code) pair of a driver code present in the
+    partition, by filter then code.
+    """
+    f = len(filters)
+    attribute = np.full(f, -1, dtype=np.int64)
+    possible = np.zeros(f, dtype=np.int64)
+    pair_filter: list[NDArray[np.int64]] = []
+    pair_code: list[NDArray[np.int64]] = []
+    present = histograms > 0
+    for members in _by_shape(filters):
+        roots = [filters[i]._root for i in members]
+        first = roots[0]
+        if isinstance(first, _Table):
+            positions, tables = [0], [roots]
+        elif isinstance(first, _Combine) and first.is_and:
+            positions = [j for j, c in enumerate(first.children) if isinstance(c, _Table)]
+            tables = [[r.children[j] for r in roots if isinstance(r, _Combine)] for j in positions]
+        else:
+            continue
+        if not positions:
+            continue
+        maybe = [_weights(column, "maybe") for column in tables]
+        counts = np.stack([m @ histograms[column[0].attribute] for m, column in zip(maybe, tables, strict=True)])
+        best = counts.argmin(axis=0)  # the first conjunct with the fewest possible rows, as min() picks
+        group = np.asarray(members)
+        for j, (weights, column) in enumerate(zip(maybe, tables, strict=True)):
+            chosen = np.flatnonzero(best == j)
+            if not len(chosen):
+                continue
+            a = column[0].attribute
+            attribute[group[chosen]] = a
+            possible[group[chosen]] = counts[j, chosen]
+            g, code = np.nonzero(weights[chosen].astype(bool) & present[a])
+            pair_filter.append(group[chosen][g])
+            pair_code.append(code)
+    if not pair_filter:
+        return attribute, possible, np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    pf, pc = np.concatenate(pair_filter), np.concatenate(pair_code)
+    order = np.lexsort((pc, pf))
+    return attribute, possible, pf[order], pc[order]

@@ -9,7 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from squash.filter import CompiledFilter
-from squash.filter.batch import matches_many
+from squash.filter.batch import drivers_many, matches_many
 from squash.model import PartitionData
 from squash.osq import CellTable, Rotation
 
@@ -158,89 +158,63 @@ class PreparedPartition:
             return None
         return self.candidates_many([compiled])[1]
 
-    def _lookup(self, compiled: CompiledFilter) -> tuple[int, NDArray[np.int64], int] | None:
-        """(attribute, codes, rows) of a posting-list lookup holding every match, or None if a full pass is cheaper."""
-        driver = compiled.driver(self.histograms)
-        if driver is None:
-            return None
-        attribute, allowed = driver
-        counts = self.histograms[attribute]
-        codes = np.flatnonzero(allowed & (counts > 0))
-        possible = int(counts[codes].sum())
-        return (attribute, codes, possible) if possible <= _INDEX_LOOKUP_LIMIT * self.size else None
-
     def candidates_many(self, filters: Sequence[CompiledFilter]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """Rows satisfying each filter exactly, for many filters at once: (owner, rows).
 
         ``rows[j]`` satisfies ``filters[owner[j]]``; owners ascend and each filter's rows ascend. A filter
-        with a selective driver attribute gathers that attribute's posting lists (O(matches)); small
-        lookups of all filters are checked in batches (:func:`squash.filter.batch.matches_many`), large
-        ones filter by filter. Other filters take a full pass over the codes.
+        whose driver attribute holds at most a quarter of the partition gathers that attribute's posting
+        lists (O(matches)); small lookups of all filters are gathered and checked in batches
+        (:func:`squash.filter.batch.matches_many`), large ones filter by filter. Other filters take a
+        full pass over the codes.
         """
+        data = self.data
+        attribute, possible, pair_filter, pair_code = drivers_many(filters, self.histograms)
+        lookup = (attribute >= 0) & (possible <= _INDEX_LOOKUP_LIMIT * self.size)
+        batched = lookup & (possible <= _BATCHED_LOOKUP)
         owners: list[NDArray[np.int64]] = []
         found: list[NDArray[np.int64]] = []
-        batch = _LookupBatch(self, filters)
-        data = self.data
-        for i, compiled in enumerate(filters):
-            lookup = self._lookup(compiled)
-            if lookup is not None and lookup[2] <= _BATCHED_LOOKUP:
-                if batch.rows + lookup[2] > _LOOKUP_BATCH_ROWS:
-                    batch.flush(owners, found)
-                batch.add(i, *lookup)
-                continue
-            if lookup is not None:
-                attribute, codes, _ = lookup
-                order, offsets = self.postings(attribute)
+        pair_at = np.searchsorted(pair_filter, np.arange(len(filters) + 1)).tolist()
+        for i in np.flatnonzero(~batched).tolist():
+            compiled = filters[i]
+            if lookup[i]:
+                order, offsets = self.postings(int(attribute[i]))
+                codes = pair_code[pair_at[i] : pair_at[i + 1]]
                 rows = np.sort(order[concat_ranges(offsets[codes], offsets[codes + 1])]).astype(np.int64)
                 rows = rows[compiled.matches(data.attr_codes, data.attr_raw, rows=rows)]
             else:
                 rows = np.flatnonzero(compiled.matches(data.attr_codes, data.attr_raw))
             owners.append(np.full(len(rows), i, dtype=np.int64))
             found.append(rows)
-        batch.flush(owners, found)
+        # Batched lookups in chunks of about _LOOKUP_BATCH_ROWS gathered rows, filters in order.
+        small = np.flatnonzero(batched)
+        chunk = np.cumsum(possible[small]) // _LOOKUP_BATCH_ROWS
+        for members in np.split(small, np.flatnonzero(np.diff(chunk)) + 1) if len(small) else ():
+            in_chunk = np.zeros(len(filters), dtype=bool)
+            in_chunk[members] = True
+            pairs = np.flatnonzero(in_chunk[pair_filter])
+            if not len(pairs):
+                continue  # no driver code of these filters occurs here: nothing can match
+            owner, rows = self._gather(attribute, pair_filter[pairs], pair_code[pairs])
+            keep = matches_many(filters, data.attr_codes, data.attr_raw, owner, rows)
+            owners.append(owner[keep])
+            found.append(rows[keep])
         if not found:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
         return _sorted_pairs(np.concatenate(owners), np.concatenate(found), self.size)
 
-
-class _LookupBatch:
-    """Posting-list lookups of several filters, gathered and checked together once enough rows are queued."""
-
-    def __init__(self, part: PreparedPartition, filters: Sequence[CompiledFilter]) -> None:
-        self.part = part
-        self.filters = filters
-        self.rows = 0
-        self.members: list[int] = []
-        self.ranges: dict[int, tuple[list[NDArray[np.int64]], list[NDArray[np.int64]], list[int], list[int]]] = {}
-
-    def add(self, i: int, attribute: int, codes: NDArray[np.int64], possible: int) -> None:
-        offsets = self.part.postings(attribute)[1]
-        starts, stops, who, lengths = self.ranges.setdefault(attribute, ([], [], [], []))
-        starts.append(offsets[codes])
-        stops.append(offsets[codes + 1])
-        who.append(len(self.members))
-        lengths.append(possible)
-        self.members.append(i)
-        self.rows += possible
-
-    def flush(self, owners: list[NDArray[np.int64]], found: list[NDArray[np.int64]]) -> None:
-        """Gather the queued rows, keep those matching their filter, append them to ``owners``/``found``."""
-        if not self.ranges:
-            return
-        gathered_owner, gathered = [], []
-        for attribute, (starts, stops, who, lengths) in self.ranges.items():
-            order = self.part.postings(attribute)[0]
-            gathered.append(order[concat_ranges(np.concatenate(starts), np.concatenate(stops))].astype(np.int64))
-            gathered_owner.append(np.repeat(np.asarray(who, dtype=np.int64), lengths))
-        owner, rows = _sorted_pairs(np.concatenate(gathered_owner), np.concatenate(gathered), self.part.size)
-        data = self.part.data
-        members = [self.filters[i] for i in self.members]
-        keep = matches_many(members, data.attr_codes, data.attr_raw, owner, rows)
-        owners.append(np.asarray(self.members, dtype=np.int64)[owner[keep]])
-        found.append(rows[keep])
-        self.ranges.clear()
-        self.members.clear()
-        self.rows = 0
+    def _gather(
+        self, attribute: NDArray[np.int64], pair_filter: NDArray[np.int64], pair_code: NDArray[np.int64]
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """(owner, row) of every row under the (filter, code) pairs, from the driver attributes' postings."""
+        owners, rows = [], []
+        pair_attribute = attribute[pair_filter]
+        for a in np.unique(pair_attribute).tolist():
+            at = pair_attribute == a
+            order, offsets = self.postings(a)
+            starts, stops = offsets[pair_code[at]], offsets[pair_code[at] + 1]
+            rows.append(order[concat_ranges(starts, stops)].astype(np.int64))
+            owners.append(np.repeat(pair_filter[at], stops - starts))
+        return _sorted_pairs(np.concatenate(owners), np.concatenate(rows), self.size)
 
 
 def _sorted_pairs(
