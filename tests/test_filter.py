@@ -31,7 +31,7 @@ from squash.filter import (
     compile_filter,
     parse_filter,
 )
-from squash.filter.batch import estimates_many, matches_many, partition_bounds_many
+from squash.filter.batch import drivers_many, estimates_many, matches_many, partition_bounds_many
 
 N = 4000
 NUMERIC_OPS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin")
@@ -527,3 +527,26 @@ def test_filters_compiled_together_equal_filters_compiled_alone(bits):
         exact = f.exact(raw)
         assert exact[states == FULL].all() and not exact[states == NONE].any(), expr
         assert f.shape == alone.shape
+
+
+def test_drivers_for_many_filters_equal_each_filters_driver():
+    """Batched driver choice gives every filter the attribute and codes its own driver() picks."""
+    schema, raw = dataset()
+    q, codes = quantized(6)
+    ctx = make_context(schema, q, raw)
+    rng = np.random.default_rng(21)
+    exprs = same_shape_filters(rng, ctx, 10) + [random_filter(rng, ctx) for _ in range(40)]
+    filters = [f for f in compile_exprs(exprs, schema, q) if f is not None]
+    h = histograms(codes[: N // 2])
+    attribute, possible, pair_filter, pair_code = drivers_many(filters, h)
+    assert (np.diff(pair_filter) >= 0).all()
+    for i, f in enumerate(filters):
+        driver = f.driver(h)
+        if driver is None:
+            assert attribute[i] == -1 and not (pair_filter == i).any()
+            continue
+        a, allowed = driver
+        want = np.flatnonzero(allowed & (h[a] > 0))
+        assert attribute[i] == a and possible[i] == h[a][allowed].sum()
+        np.testing.assert_array_equal(pair_code[pair_filter == i], want)
+    assert (attribute >= 0).any() and (attribute == -1).any()
