@@ -24,13 +24,19 @@ from squash.validation import as_vectors
 ATTRIBUTE_BITS = 8
 _HISTOGRAM_CELLS = 256
 # Rows per fine list inside a partition: small enough that a query scans a few percent of a partition,
-# large enough that the per-list work of a scan is a matrix product, not Python overhead.
+# large enough that the per-list work of a scan is a matrix product, not Python overhead. A partition gets
+# about LIST_TARGET lists, each of LIST_ROWS to LIST_ROWS_MAX rows: at 1M x 128 (100k-row partitions),
+# 768-row lists reached recall 0.95 unfiltered about 15% faster than 256-row lists (min of 3 runs, 200
+# queries), the per-list cost being mostly fixed; on Fashion-MNIST (60k rows) 256 and 512 measured equal.
 LIST_ROWS = 256
+LIST_ROWS_MAX = 768
+LIST_TARGET = 128
 
 
 def default_lists(rows: int) -> int:
-    """Fine lists for a partition of ``rows`` rows: about one per ``LIST_ROWS`` rows, at least one."""
-    return max(1, min(rows, round(rows / LIST_ROWS)))
+    """Fine lists for a partition of ``rows`` rows: about LIST_TARGET of LIST_ROWS..LIST_ROWS_MAX rows, at least one."""
+    per_list = min(LIST_ROWS_MAX, max(LIST_ROWS, rows // LIST_TARGET))
+    return max(1, min(rows, round(rows / per_list)))
 
 
 def fine_lists(

@@ -19,7 +19,7 @@ class SearchParams:
             factor of the nearest partition that certainly holds k matches (1.0: up to that partition).
         max_partitions: caps the partitions a filtered query adds by ``centroid_factor`` (None: no
             cap); partitions needed to hold k matches, or owning its nearest lists, are still visited.
-        probe: a query scans the ``probe`` fine lists (k-means clusters of about 256 rows) nearest to
+        probe: a query scans the ``probe`` fine lists (k-means clusters of 256-768 rows) nearest to
             it over the whole index, in the partitions that own them; larger is slower and more exact.
         probe_matches: a filtered query scans further lists, nearest first, until they hold this many
             matching rows (at least k), so filtered recall holds at any selectivity.
