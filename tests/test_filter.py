@@ -143,6 +143,12 @@ def histograms(codes: np.ndarray) -> np.ndarray:
     return np.stack([np.bincount(codes[:, a], minlength=256) for a in range(codes.shape[1])])
 
 
+def bounds_of(f: CompiledFilter, h: np.ndarray) -> tuple[int, int]:
+    """(certain, possible) of one filter in one partition with code histograms ``h`` (A, 256)."""
+    certain, possible, _ = partition_bounds_many([f], h[None])
+    return int(certain[0, 0]), int(possible[0, 0])
+
+
 def check_guarantee(f: CompiledFilter, codes: np.ndarray, raw: dict[str, np.ndarray], seed: int) -> tuple:
     """Asserts certain ⊆ exact ⊆ possible, matches == exact (all rows and subsets) and histogram bounds."""
     states = f.cell_states(codes)
@@ -162,10 +168,9 @@ def check_guarantee(f: CompiledFilter, codes: np.ndarray, raw: dict[str, np.ndar
     # Three "partitions" of the rows, each with its own code histograms; bounds for all three at once agree.
     parts = np.array_split(rng.permutation(codes.shape[0]), 3)
     stacked = np.stack([histograms(codes[part]) for part in parts])
-    all_certain, all_possible = f.partition_bounds(stacked)
-    ceilings = f.full_ceiling(stacked)
+    all_certain, all_possible, ceilings = (b[0] for b in partition_bounds_many([f], stacked))
     for i, part in enumerate(parts):
-        certain, possible = f.state_histogram_bounds(stacked[i])
+        certain, possible = bounds_of(f, stacked[i])
         assert (certain, possible) == (all_certain[i], all_possible[i])
         assert certain <= int(exact[part].sum()) <= possible
         assert certain <= int((states[part] == FULL).sum()) <= ceilings[i]
@@ -411,11 +416,13 @@ def test_compile_and_evaluation_input_errors():
     with pytest.raises(InvalidInputError, match="shape"):
         f.cell_states(codes[:, :2])
     with pytest.raises(InvalidInputError, match="histograms"):
-        f.state_histogram_bounds(np.zeros((2, 256), dtype=np.int64))
+        bounds_of(f, np.zeros((2, 256), dtype=np.int64))
     uneven = histograms(codes)
     uneven[0, 0] += 1
     with pytest.raises(InvalidInputError, match="same number of rows"):
-        f.state_histogram_bounds(uneven)
+        bounds_of(f, uneven)
+    with pytest.raises(InvalidInputError, match="same number of rows"):
+        estimates_many([f], uneven)
     with pytest.raises(InvalidInputError, match="'few' is missing"):
         f.exact({})
 
@@ -434,7 +441,7 @@ def test_histogram_bounds_combinations():
         ({"$not": {"$or": [{"a": 1}, {"b": 1}]}}, (0, 2)),
     ]
     for expr, bounds in cases:
-        assert compile_filter(expr, schema, q).state_histogram_bounds(h) == bounds, expr
+        assert bounds_of(compile_filter(expr, schema, q), h) == bounds, expr
 
 
 def same_shape_filters(rng: np.random.Generator, ctx: Context, count: int) -> list[dict]:
@@ -498,12 +505,18 @@ def test_bounds_and_estimates_for_many_filters_equal_each_filters_own():
     stacked = np.stack([histograms(codes[rows]) for rows in parts])
     certain, possible, ceiling = partition_bounds_many(filters, stacked)
     for i, f in enumerate(filters):
-        np.testing.assert_array_equal(certain[i], f.partition_bounds(stacked)[0])
-        np.testing.assert_array_equal(possible[i], f.partition_bounds(stacked)[1])
-        np.testing.assert_array_equal(ceiling[i], f.full_ceiling(stacked))
-    assert (certain <= possible).all() and (certain < possible).any()
+        alone = partition_bounds_many([f], stacked)
+        np.testing.assert_array_equal(certain[i], alone[0][0])
+        np.testing.assert_array_equal(possible[i], alone[1][0])
+        np.testing.assert_array_equal(ceiling[i], alone[2][0])
+        matching = [int(f.exact(raw)[rows].sum()) for rows in parts]
+        assert (certain[i] <= matching).all() and (matching <= possible[i]).all()
+    assert (certain < possible).any()
     for h in stacked:
-        np.testing.assert_allclose(estimates_many(filters, h), [f.estimate(h) for f in filters])
+        estimate = estimates_many(filters, h)
+        np.testing.assert_allclose(estimate, [estimates_many([f], h)[0] for f in filters])
+        certain, possible, _ = partition_bounds_many(filters, h[None])
+        assert (certain[:, 0] <= estimate).all() and (estimate <= possible[:, 0]).all()
 
 
 @pytest.mark.parametrize("bits", [3, 8])
@@ -537,16 +550,19 @@ def test_drivers_for_many_filters_equal_each_filters_driver():
     rng = np.random.default_rng(21)
     exprs = same_shape_filters(rng, ctx, 10) + [random_filter(rng, ctx) for _ in range(40)]
     filters = [f for f in compile_exprs(exprs, schema, q) if f is not None]
-    h = histograms(codes[: N // 2])
+    half = np.arange(N // 2)
+    h = histograms(codes[half])
     attribute, possible, pair_filter, pair_code = drivers_many(filters, h)
     assert (np.diff(pair_filter) >= 0).all()
     for i, f in enumerate(filters):
-        driver = f.driver(h)
-        if driver is None:
-            assert attribute[i] == -1 and not (pair_filter == i).any()
+        alone = drivers_many([f], h)
+        assert (attribute[i], possible[i]) == (alone[0][0], alone[1][0])
+        np.testing.assert_array_equal(pair_code[pair_filter == i], alone[3])
+        if attribute[i] < 0:
+            assert not (pair_filter == i).any()
             continue
-        a, allowed = driver
-        want = np.flatnonzero(allowed & (h[a] > 0))
-        assert attribute[i] == a and possible[i] == h[a][allowed].sum()
-        np.testing.assert_array_equal(pair_code[pair_filter == i], want)
+        # The driver's codes hold every matching row, and `possible` counts the rows under them.
+        under = np.isin(codes[half, attribute[i]], pair_code[pair_filter == i])
+        assert not (f.exact(raw)[half] & ~under).any()
+        assert possible[i] == under.sum()
     assert (attribute >= 0).any() and (attribute == -1).any()

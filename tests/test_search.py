@@ -334,5 +334,5 @@ def test_candidates_for_many_filters_equal_each_filters_exact_matches(synth, mon
     for i, compiled in enumerate(filters):
         want = np.flatnonzero(compiled.exact(part.data.attr_raw))
         np.testing.assert_array_equal(rows[owner == i], want, err_msg=str(exprs[i]))
-        np.testing.assert_array_equal(part.candidates(compiled), want)
+        np.testing.assert_array_equal(part.candidates_many([compiled])[1], want)
     assert len(rows) > 0 and len(set(owner.tolist())) >= len(exprs) - 2

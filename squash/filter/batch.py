@@ -30,6 +30,7 @@ from squash.filter.evaluate import (
     _Node,
     _Table,
     _weights,
+    checked_histograms,
     estimates,
 )
 from squash.filter.parse import And, Compare, Not, Or, Predicate
@@ -147,14 +148,19 @@ def _by_shape(filters: Sequence[CompiledFilter]) -> list[list[int]]:
 def partition_bounds_many(
     filters: Sequence[CompiledFilter], histograms: NDArray[np.integer]
 ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
-    """(certain, possible, full ceiling), each (F, P): :meth:`CompiledFilter.partition_bounds` and
-    :meth:`CompiledFilter.full_ceiling` of every filter over ``histograms`` (P, A, 256), a group of
-    same-shaped filters at a time."""
+    """Bounds on every filter's matching rows in every partition from code histograms (P, A, 256).
+
+    Returns ``(certain, possible, ceiling)``, each (F, P): ``certain <= matching rows <= possible``, and
+    ``ceiling`` bounds the rows whose codes alone prove a match (FULL; where it equals ``certain``,
+    counting FULL rows from codes cannot find more). A predicate on one attribute gets exact FULL and
+    non-NONE counts; combinations use Frechet bounds (AND: certain ``sum - (k-1) n``, possible min; OR:
+    certain max, possible sum capped at n). Same-shaped filters are counted together.
+    """
     shape = (len(filters), histograms.shape[0])
     certain, possible, ceiling = np.zeros(shape, np.int64), np.zeros(shape, np.int64), np.zeros(shape, np.int64)
     if not filters:
         return certain, possible, ceiling
-    checked, n = filters[0]._checked(histograms)
+    checked, n = checked_histograms(histograms, len(filters[0].quantizer.schema))
     for members in _by_shape(filters):
         nodes = [filters[i]._root for i in members]
         certain[members], possible[members] = _bounds(nodes, checked, n)
@@ -163,11 +169,15 @@ def partition_bounds_many(
 
 
 def estimates_many(filters: Sequence[CompiledFilter], histograms: NDArray[np.integer]) -> NDArray[np.float64]:
-    """:meth:`CompiledFilter.estimate` of every filter on one partition's ``histograms`` (A, 256)."""
+    """Expected matching rows of every filter in one partition from its ``histograms`` (A, 256), for planning.
+
+    Assumes attributes independent and PARTIAL cells half matching, clipped to the bounds of
+    :func:`partition_bounds_many`, so it is exact whenever they meet.
+    """
     out = np.zeros(len(filters))
     if not filters:
         return out
-    checked, n = filters[0]._checked(np.asarray(histograms)[None])
+    checked, n = checked_histograms(np.asarray(histograms)[None], len(filters[0].quantizer.schema))
     for members in _by_shape(filters):
         out[members] = estimates([filters[i]._root for i in members], checked, n)[:, 0]
     return out
@@ -176,8 +186,11 @@ def estimates_many(filters: Sequence[CompiledFilter], histograms: NDArray[np.int
 def drivers_many(
     filters: Sequence[CompiledFilter], histograms: NDArray[np.integer]
 ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
-    """:meth:`CompiledFilter.driver` of every filter on one partition's ``histograms`` (A, 256), as arrays.
+    """Each filter's driver in one partition: an attribute whose non-NONE codes hold every matching row,
+    for posting-list lookups.
 
+    Among the conjuncts of a filter's root that read one attribute, the one with the fewest possible rows
+    in ``histograms`` (A, 256) drives; a root that is an OR or a NOT over several attributes has none.
     Returns ``(attribute, possible, pair_filter, pair_code)``: each filter's driver attribute (-1 without
     one) and its possible rows there, and every (filter, code) pair of a driver code present in the
     partition, by filter then code.

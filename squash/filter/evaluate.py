@@ -118,64 +118,6 @@ class CompiledFilter:
             result[partial] = self.exact(raw, partial if rows is None else rows[partial])
         return result
 
-    def state_histogram_bounds(self, histograms: np.ndarray) -> tuple[int, int]:
-        """Bounds ``(certain, possible)`` on the matching rows of a partition from its code histograms.
-
-        ``histograms`` is (A, 256) int: row ``a`` counts the partition's rows per code of attribute ``a``.
-        ``certain <= matching rows <= possible``; a predicate on one attribute gets exact FULL and non-NONE
-        counts, and combinations use Frechet bounds (AND: certain ``sum - (k-1)·n``, possible min; OR: certain
-        max, possible sum capped at n).
-        """
-        certain, possible = self.partition_bounds(np.asarray(histograms)[None])
-        return int(certain[0]), int(possible[0])
-
-    def partition_bounds(self, histograms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`state_histogram_bounds` for many partitions at once: (P, A, 256) -> two (P,) int64 arrays."""
-        histograms, n = self._checked(histograms)
-        certain, possible = _bounds([self._root], histograms, n)
-        return certain[0], possible[0]
-
-    def full_ceiling(self, histograms: np.ndarray) -> np.ndarray:
-        """Upper bound per partition (P,) on the rows whose codes alone prove a match (state FULL).
-
-        Where it equals the certain bound, counting FULL rows from the codes cannot find more.
-        """
-        histograms, n = self._checked(histograms)
-        return _full_max([self._root], histograms, n)[0]
-
-    def _checked(self, histograms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        a = len(self.quantizer.schema)
-        if histograms.ndim != 3 or histograms.shape[1:] != (a, _CODES) or histograms.dtype.kind not in "iu":
-            raise InvalidInputError(f"code histograms must be an integer array of shape ({a}, {_CODES})")
-        totals = histograms.sum(axis=2, dtype=np.int64)
-        if (totals != totals[:, :1]).any():
-            raise InvalidInputError("code histograms of one partition must all count the same number of rows")
-        return histograms.astype(np.int64, copy=False), totals[:, 0] if a else totals.sum(axis=1)
-
-    def estimate(self, histograms: np.ndarray) -> float:
-        """Expected matching rows of a partition from its code histograms (A, 256), for planning only.
-
-        Assumes attributes independent and PARTIAL cells half matching; always within the bounds of
-        :meth:`state_histogram_bounds`, so it is exact whenever they meet.
-        """
-        n = np.array([int(histograms[0].sum()) if len(histograms) else 0])
-        return float(estimates([self._root], histograms[None].astype(np.int64, copy=False), n)[0, 0])
-
-    def driver(self, histograms: np.ndarray) -> tuple[int, np.ndarray] | None:
-        """An attribute whose non-NONE codes hold every matching row, for index lookups.
-
-        Returns ``(attribute, allowed)`` with ``allowed`` a (256,) bool mask of codes, choosing among
-        the conjuncts of the root the one with the fewest possible rows in ``histograms`` (A, 256);
-        None when the root is an OR or NOT over several attributes (no single attribute bounds it).
-        """
-        conjuncts = self._root.children if isinstance(self._root, _Combine) and self._root.is_and else (self._root,)
-        tables = [node for node in conjuncts if isinstance(node, _Table)]
-        if not tables:
-            return None
-        best = min(tables, key=lambda t: int(histograms[t.attribute] @ t.maybe))
-        return best.attribute, best.maybe.astype(bool)
-
-
 
 class _Compiler:
     """Compiles same-shaped predicates together: every table of the result holds (G, 256) states."""
@@ -336,6 +278,16 @@ def _states_at(node: _Node, codes: np.ndarray, rows: np.ndarray | None) -> np.nd
 
 def _states(node: _Node, codes: np.ndarray) -> np.ndarray:
     return _states_at(node, codes, None)
+
+
+def checked_histograms(histograms: np.ndarray, attributes: int) -> tuple[np.ndarray, np.ndarray]:
+    """``histograms`` (P, A, 256) as int64 with the rows of each partition (P,), or InvalidInputError."""
+    if histograms.ndim != 3 or histograms.shape[1:] != (attributes, _CODES) or histograms.dtype.kind not in "iu":
+        raise InvalidInputError(f"code histograms must be an integer array of shape ({attributes}, {_CODES})")
+    totals = histograms.sum(axis=2, dtype=np.int64)
+    if (totals != totals[:, :1]).any():
+        raise InvalidInputError("code histograms of one partition must all count the same number of rows")
+    return histograms.astype(np.int64, copy=False), totals[:, 0] if attributes else totals.sum(axis=1)
 
 
 def tree_shape(node: _Node) -> Hashable:

@@ -157,12 +157,6 @@ class PreparedPartition:
             self._postings[attribute] = (order, offsets)
         return self._postings[attribute]
 
-    def candidates(self, compiled: CompiledFilter | None) -> NDArray[np.int64] | None:
-        """Rows that satisfy the filter exactly, ascending; None means every row (no filter)."""
-        if compiled is None:
-            return None
-        return self.candidates_many([compiled])[1]
-
     def candidates_many(self, filters: Sequence[CompiledFilter]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """Rows satisfying each filter exactly, for many filters at once: (owner, rows).
 
