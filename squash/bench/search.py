@@ -50,10 +50,13 @@ NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 EFS = (10, 20, 40, 80, 160, 320, 640)
 # Squash knobs, roughly in increasing cost: probe (fine lists per query) and probe_matches (matches a
 # filtered query scans for) set the candidates, hamming_floor how many of them are ranked exactly;
-# centroid_factor adds partitions for filtered queries.
+# centroid_factor adds partitions for filtered queries. Steps are finer at the cheap end, where lists of
+# up to 768 rows put recall 0.95 between 4 and 16 lists.
 SQUASH_SWEEP: tuple[dict[str, Any], ...] = (
     {"probe": 4, "probe_matches": 30, "hamming_floor": 40},
+    {"probe": 6, "probe_matches": 45, "hamming_floor": 50},
     {"probe": 8, "probe_matches": 60, "hamming_floor": 60},
+    {"probe": 12, "probe_matches": 90, "hamming_floor": 80},
     {"probe": 16, "probe_matches": 120, "hamming_floor": 100},
     {"probe": 24, "probe_matches": 200, "hamming_floor": 150},
     {"probe": 32, "probe_matches": 300, "hamming_floor": 200},
@@ -62,7 +65,7 @@ SQUASH_SWEEP: tuple[dict[str, Any], ...] = (
     {"probe": 128, "probe_matches": 1000, "centroid_factor": 1.5, "hamming_floor": 600},
     {"probe": 256, "probe_matches": 2000, "centroid_factor": 2.0, "hamming_floor": 1000},
 )
-QUICK_SWEEP = (SQUASH_SWEEP[1], SQUASH_SWEEP[2], SQUASH_SWEEP[4], SQUASH_SWEEP[6])
+QUICK_SWEEP = tuple(knobs for knobs in SQUASH_SWEEP if knobs["probe"] in (8, 16, 32, 64))
 
 Filter = dict[str, Any] | None
 Columns = dict[str, NDArray[Any]]
