@@ -184,7 +184,7 @@ def scan_lists(
     for a, b in zip([0, *cuts], [*cuts, len(by_list)], strict=True) if len(by_list) else ():
         lst = int(sorted_lists[a])
         lo, hi = int(starts[lst]), int(starts[lst + 1])
-        block = lifted[sorted_q[a:b]] @ part.lifted[lo:hi].T
+        block = lifted[sorted_q[a:b]] @ part.lifted[lo:hi].astype(np.float64).T
         if b - a == 1:
             at = int(sorted_at[a])
             flat[at : at + hi - lo] = block[0]

@@ -221,7 +221,8 @@ def _prefix_pruned(
     distance tau; a row whose bound exceeds tau cannot enter the top-k, so only the others are ranked
     exactly: safe pruning, no recall lost. The slack covers float32 rounding of the rotated
     coordinates and of the rotation matrix (relative 1e-4 of tau, absolute 1e-6 (|x| + |q|)^2), which
-    also dwarfs the float64 cancellation of the expanded form |x|^2 - 2 q.x + |q|^2 (~1e-15 (|x| + |q|)^2).
+    also dwarfs the float32 rounding of the stored |x|^2 (6e-8 |x|^2) and the float64 cancellation of
+    the expanded form |x|^2 - 2 q.x + |q|^2 (~1e-15 (|x| + |q|)^2).
     """
     valid = rows >= 0
     safe = np.where(valid, rows, 0)
@@ -231,7 +232,7 @@ def _prefix_pruned(
     step = max(1, _PAIR_CHUNK // max(rows.shape[1] * lifted.shape[1], 1))
     for start in range(0, len(q), step):
         chunk = slice(start, start + step)
-        bound[chunk] = np.einsum("qmd,qd->qm", part.lifted[safe[chunk]], lifted[chunk])
+        bound[chunk] = np.einsum("qmd,qd->qm", part.lifted[safe[chunk]].astype(np.float64), lifted[chunk])
     np.maximum(bound, 0.0, out=bound)
     if metric is Metric.COSINE:
         bound *= 0.5  # unit vectors: |x - q|^2 = 2 (1 - cos)
@@ -264,7 +265,7 @@ def _prefix_bound(
     # float64 products rounded once keep the bound independent of how queries are batched, so a
     # query gets the same answer alone, in a batch, or split across a tree of functions.
     q = codes.prefix[qs]
-    x = part.prefix[rows]
+    x = part.prefix[rows].astype(np.float64)
     if rows.ndim == 1:
         dots = q @ x.T
         if metric is Metric.IP:
