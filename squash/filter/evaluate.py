@@ -5,6 +5,10 @@ Each leaf gets a table of three-valued states, one per cell of its attribute, fr
 Rows take their state by table lookup on their codes, combined by Kleene logic (AND = min, OR = max,
 NOT = 2 - s). Because every encoded value lies in its cell's interval, FULL rows match and NONE rows do not;
 only PARTIAL rows need the exact check, so :meth:`CompiledFilter.matches` equals :meth:`CompiledFilter.exact`.
+
+Predicates of one shape (same fields and operators, different operands) compile together: their tables are
+(G, 256) arrays built by one binary search per leaf, split into per-filter trees at the end, and the bound
+recursions take lists of same-shaped trees (:mod:`squash.filter.batch` groups filters for them).
 """
 
 from __future__ import annotations
