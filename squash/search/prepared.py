@@ -27,8 +27,8 @@ _BLOCK_ROWS = 16_384
 _INDEX_LOOKUP_LIMIT = 0.25
 # Posting-list lookups of up to _BATCHED_LOOKUP rows are checked together, up to _LOOKUP_BATCH_ROWS rows
 # at a time, so many small lookups share each numpy call while a batch's arrays stay in cache. Larger
-# lookups are checked one by one: their per-filter cost dwarfs the calls, and one-dimensional code
-# lookups beat the batch's two-dimensional ones (measured on 1M x 128, 18k-row lookups: 1.4x).
+# lookups are checked one by one: their per-filter cost dwarfs the calls, and one filter's arrays stay in
+# cache (1M x 128, 0.1% conjunctions with ~18k-row lookups: 1,188 us per query vs 1,523 all batched).
 _BATCHED_LOOKUP = 4096
 _LOOKUP_BATCH_ROWS = 1 << 16
 
