@@ -444,6 +444,15 @@ def test_histogram_bounds_combinations():
         assert bounds_of(compile_filter(expr, schema, q), h) == bounds, expr
 
 
+def batch_setup(
+    bits: int, seed: int
+) -> tuple[AttributeSchema, dict[str, np.ndarray], AttributeQuantizer, np.ndarray, Context, np.random.Generator]:
+    """The dataset quantized at ``bits``, its operand pools and a seeded generator, for the batch tests."""
+    schema, raw = dataset()
+    q, codes = quantized(bits)
+    return schema, raw, q, codes, make_context(schema, q, raw), np.random.default_rng(seed)
+
+
 def same_shape_filters(rng: np.random.Generator, ctx: Context, count: int) -> list[dict]:
     """``count`` filters of one shape (a range, a negated bound, an OR) with different operands."""
     out = []
@@ -462,10 +471,7 @@ def same_shape_filters(rng: np.random.Generator, ctx: Context, count: int) -> li
 @pytest.mark.parametrize("bits", [3, 8])
 def test_matches_many_equals_matches_filter_by_filter(bits):
     """Batched evaluation (stacked cell tables, per-row operands) gives each filter's own answer on its rows."""
-    schema, raw = dataset()
-    q, codes = quantized(bits)
-    ctx = make_context(schema, q, raw)
-    rng = np.random.default_rng(bits)
+    schema, raw, q, codes, ctx, rng = batch_setup(bits, bits)
     exprs = same_shape_filters(rng, ctx, 12) + [random_filter(rng, ctx) for _ in range(24)]
     exprs += same_shape_filters(rng, ctx, 12)
     filters = [compile_filter(e, schema, q) for e in exprs]
@@ -493,12 +499,11 @@ def test_filter_keys_ignore_operands():
     )
     assert a.key == b.key != c.key and a.shape == b.shape
     assert d.key != a.key
+
+
 def test_bounds_and_estimates_for_many_filters_equal_each_filters_own():
     """Grouped by tree shape, the batched histogram bounds and estimates equal the per-filter ones."""
-    schema, raw = dataset()
-    q, codes = quantized(4)
-    ctx = make_context(schema, q, raw)
-    rng = np.random.default_rng(3)
+    schema, raw, q, codes, ctx, rng = batch_setup(4, 3)
     exprs = same_shape_filters(rng, ctx, 8) + [random_filter(rng, ctx) for _ in range(30)]
     filters = [compile_filter(e, schema, q) for e in exprs]
     parts = np.array_split(rng.permutation(N), 3)
@@ -523,10 +528,7 @@ def test_bounds_and_estimates_for_many_filters_equal_each_filters_own():
 def test_filters_compiled_together_equal_filters_compiled_alone(bits):
     """Same-shaped filters compiled in one batch (stacked cell tables) get each filter's own states, and stay
     exact: FULL rows match, NONE rows do not."""
-    schema, raw = dataset()
-    q, codes = quantized(bits)
-    ctx = make_context(schema, q, raw)
-    rng = np.random.default_rng(11 + bits)
+    schema, raw, q, codes, ctx, rng = batch_setup(bits, 11 + bits)
     exprs = same_shape_filters(rng, ctx, 10) + [random_filter(rng, ctx) for _ in range(20)] + [None, {}]
     exprs += [{"few": {"$eq": int(v)}, "cat": {"$ne": "red"}} for v in rng.integers(-4, 5, 8)]
     together = compile_exprs(exprs, schema, q)
@@ -543,11 +545,8 @@ def test_filters_compiled_together_equal_filters_compiled_alone(bits):
 
 
 def test_drivers_for_many_filters_equal_each_filters_driver():
-    """Batched driver choice gives every filter the attribute and codes its own driver() picks."""
-    schema, raw = dataset()
-    q, codes = quantized(6)
-    ctx = make_context(schema, q, raw)
-    rng = np.random.default_rng(21)
+    """Batched driver choice gives every filter the attribute and codes it gets alone, and they cover its matches."""
+    schema, raw, q, codes, ctx, rng = batch_setup(6, 21)
     exprs = same_shape_filters(rng, ctx, 10) + [random_filter(rng, ctx) for _ in range(40)]
     filters = [f for f in compile_exprs(exprs, schema, q) if f is not None]
     half = np.arange(N // 2)
