@@ -322,6 +322,13 @@ def test_candidates_for_many_filters_equal_each_filters_exact_matches(synth, mon
     for width in (0.001, 0.01, 0.2):  # a few rows, ~one cell, more than a batched lookup holds
         for lo in rng.random(6) * (1 - width):
             exprs.append({"a0": {"$gte": float(lo), "$lt": float(lo + width)}, "a1": {"$gt": float(rng.random() / 2)}})
+    a0 = part.data.attr_raw["a0"]
+    exprs += [  # intervals alone: the trimmed posting runs are the matches, unchecked
+        {"a0": {"$gte": float(a0[3]), "$lt": float(a0[3]) + 0.002}},
+        {"a0": {"$gt": float(a0[5]), "$lte": float(a0[5]) + 0.3}},
+        {"a0": float(a0[9])},
+        {"$and": [{"a0": {"$gt": 0.5}}, {"a0": {"$lt": 0.5}}]},
+    ]
     exprs += [
         {"$or": [{"color": "blue"}, {"a1": {"$gt": 0.95}}]},  # no single driver: a full pass
         {"color": {"$in": ["red", "cyan"]}, "a2": {"$lt": 0.05}},
@@ -335,4 +342,4 @@ def test_candidates_for_many_filters_equal_each_filters_exact_matches(synth, mon
         want = np.flatnonzero(compiled.exact(part.data.attr_raw))
         np.testing.assert_array_equal(rows[owner == i], want, err_msg=str(exprs[i]))
         np.testing.assert_array_equal(part.candidates_many([compiled])[1], want)
-    assert len(rows) > 0 and len(set(owner.tolist())) >= len(exprs) - 2
+    assert len(rows) > 0 and len(set(owner.tolist())) >= len(exprs) - 3

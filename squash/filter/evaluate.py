@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import reduce
+from functools import cached_property, reduce
 from typing import Any
 
 import numpy as np
 
 from squash.attributes import MAX_BITS, AttributeQuantizer, AttributeSchema, AttrType
 from squash.errors import InvalidInputError
+from squash.filter.interval import Interval, conjunct_intervals
 from squash.filter.parse import And, Compare, In, Not, Op, Or, Predicate, parse_filter
 
 NONE, PARTIAL, FULL = np.uint8(0), np.uint8(1), np.uint8(2)
@@ -83,6 +84,11 @@ class CompiledFilter:
         self._root = _rows(_Compiler(quantizer).compile([predicate]), 1)[0] if root is None else root
         self.key = predicate_shape(predicate)
         self.shape = tree_shape(self._root)
+
+    @cached_property
+    def intervals(self) -> tuple[dict[int, Interval], int | None]:
+        """:func:`~squash.filter.interval.conjunct_intervals` of the predicate, for sorted-value lookups."""
+        return conjunct_intervals(self.predicate)
 
     def cell_states(self, codes: np.ndarray) -> np.ndarray:
         """Three-valued state per row: (n, A) uint8 codes -> (n,) uint8 of NONE, PARTIAL or FULL."""

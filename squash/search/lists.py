@@ -25,7 +25,8 @@ from squash.filter import CompiledFilter
 from squash.model import Metric
 from squash.search.levels import QueryCodes, select_smallest
 from squash.search.params import SearchParams
-from squash.search.prepared import PreparedPartition, concat_ranges
+from squash.search.postings import concat_ranges
+from squash.search.prepared import PreparedPartition
 
 # Evaluate a shared filter over the whole partition once when its queries would scan more rows than this
 # fraction of the partition between them.
