@@ -36,6 +36,7 @@ from squash.search.levels import QueryCodes, select_smallest, tail_bounds
 from squash.search.lists import choose_lists, scan_lists
 from squash.search.merge import merge_partials, top_k
 from squash.search.params import SearchParams
+from squash.search.postings import concat_ranges
 from squash.search.prepared import PreparedPartition
 from squash.search.result import LEVEL_TIMES, empty_stats
 
@@ -176,20 +177,19 @@ def _finish(
 
 def _exact_ragged(
     part: PreparedPartition,
-    jobs: list[tuple[NDArray[np.int64], NDArray[np.int64]]],
+    qs: NDArray[np.int64],
+    rows: NDArray[np.int64],
+    sizes: NDArray[np.int64],
     queries: NDArray[np.float32],
     metric: Metric,
     k: int,
-) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float32], NDArray[np.int64]]:
-    """Exact top-k for many small candidate sets at once: ``jobs`` are (queries, their shared rows).
+) -> tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.int64]]:
+    """Exact top-k for many small candidate sets at once: query ``qs[i]`` ranks the next ``sizes[i]`` of ``rows``.
 
     The sets are padded side by side into one (queries, widest set) table, pruned safely by the prefix
     bound, and ranked in groups of similar width instead of a round of numpy calls per query. Returns
-    (queries, ids, distances, rows each query ranked exactly).
+    (ids, distances, rows each query ranked exactly), in the order of ``qs``.
     """
-    qs = np.concatenate([members for members, _ in jobs])
-    sizes = np.concatenate([np.full(len(members), len(cand), dtype=np.int64) for members, cand in jobs])
-    rows = np.concatenate([np.tile(cand, len(members)) for members, cand in jobs])
     slot = np.repeat(np.arange(len(qs)), sizes)
     column = np.arange(rows.shape[0]) - np.repeat(np.cumsum(sizes) - sizes, sizes)
     table = np.full((len(qs), int(sizes.max())), -1, dtype=np.int64)
@@ -197,7 +197,7 @@ def _exact_ragged(
     work = table.shape[1] * part.data.vectors.shape[1]
     if metric is Metric.IP or table.shape[1] <= _SCREEN_FACTOR * k or work < _PRUNE_WORK:
         ids, dists = _finish(part, table, queries[qs], metric, k)
-        return qs, ids, dists, sizes
+        return ids, dists, sizes
     table = _prefix_pruned(part, table, queries[qs], metric, k)
     # Survivors left-aligned, queries ordered by how many survive: groups of similar width pad little.
     table = np.take_along_axis(table, np.argsort(table < 0, axis=1, kind="stable"), 1)
@@ -208,7 +208,7 @@ def _exact_ragged(
     for group in np.array_split(order, max(1, len(order) // _WIDTH_GROUP)):
         width = max(int(widths[group].max()), 1)
         ids[group], dists[group] = _finish(part, table[group, :width], queries[qs[group]], metric, k)
-    return qs, ids, dists, widths
+    return ids, dists, widths
 
 
 def _prefix_pruned(
@@ -395,30 +395,41 @@ def search_partition(
         clock.lap("bound")
         ids[qs], dists[qs] = _finish(part, rows, queries[qs], metric, k)
         clock.lap("rerank")
-    small: list[tuple[NDArray[np.int64], NDArray[np.int64]]] = []
-    # Every filtered group's candidates in one batch; the unfiltered group (exact mode only) takes every row.
+    # Every filtered group's candidates in one batch.
     filtered = [members for members in groups.values() if filters[members[0]] is not None]
     owner, matched = part.candidates_many([filters[members[0]] for members in filtered])
-    bounds = np.searchsorted(owner, np.arange(len(filtered) + 1)).tolist()
-    sets = {id(filters[members[0]]): matched[bounds[g] : bounds[g + 1]] for g, members in enumerate(filtered)}
+    bounds = np.searchsorted(owner, np.arange(len(filtered) + 1))
     clock.lap("filter")
-    for members in groups.values():
+    # Groups with few matches are ranked exactly, all together; per-query filters make many such groups.
+    found = np.diff(bounds)
+    member = np.asarray([i for members in filtered for i in members], dtype=np.int64)
+    group = np.repeat(np.arange(len(filtered)), [len(members) for members in filtered])
+    stats["filtered"][member] += found[group]
+    exact = (found > 0) & (params.exact | (found <= params.exact_threshold))
+    small = exact & (found * np.bincount(group, minlength=len(filtered)) <= _DIRECT_PAIRS)
+    stats["exact_scans"][member[exact[group]]] += 1
+    if small.any():
+        qs, g = member[small[group]], group[small[group]]
+        rows = matched[concat_ranges(bounds[g], bounds[g + 1])]
+        ids[qs], dists[qs], ranked = _exact_ragged(part, qs, rows, found[g], queries, metric, k)
+        stats["reranked"][qs] += ranked
+        clock.lap("rerank")
+    # The rest group by group: wide exact scans, pruned candidate sets, and the unfiltered group (exact mode,
+    # or a partition too small for list scans), which takes every row.
+    wide = np.flatnonzero((found > 0) & ~small).tolist()
+    rest = [(filtered[g], matched[bounds[g] : bounds[g + 1]]) for g in wide]
+    unfiltered = groups.get(id(None))
+    if unfiltered is not None:
+        rest.append((unfiltered, np.arange(part.size, dtype=np.int64)))
+        stats["filtered"][unfiltered] += part.size
+        stats["exact_scans"][unfiltered] += params.exact or part.size <= params.exact_threshold
+    for members, cand in rest:
         qs = np.asarray(members, dtype=np.int64)
-        cand = sets.get(id(filters[members[0]]))
-        if cand is None:
-            cand = np.arange(part.size, dtype=np.int64)
         m = cand.shape[0]
-        stats["filtered"][qs] += m
-        if m == 0:
-            continue
         if params.exact or m <= params.exact_threshold:
-            stats["exact_scans"][qs] += 1
-            if m * len(qs) <= _DIRECT_PAIRS:
-                small.append((qs, cand))
-            else:
-                stats["reranked"][qs] += m
-                ids[qs], dists[qs] = _exact_scan(part, cand, queries[qs], metric, k)
-                clock.lap("rerank")
+            stats["reranked"][qs] += m
+            ids[qs], dists[qs] = _exact_scan(part, cand, queries[qs], metric, k)
+            clock.lap("rerank")
             continue
         if codes is None:
             codes = QueryCodes(part, queries, metric)
@@ -426,10 +437,5 @@ def search_partition(
         stats["reranked"][qs] += rows.shape[-1]
         clock.lap("bound")
         ids[qs], dists[qs] = _finish(part, rows, queries[qs], metric, k)
-        clock.lap("rerank")
-    if small:
-        qs, found, found_dists, ranked = _exact_ragged(part, small, queries, metric, k)
-        ids[qs], dists[qs] = found, found_dists
-        stats["reranked"][qs] += ranked
         clock.lap("rerank")
     return PartialResult(ids, dists, stats, clock.seconds)
