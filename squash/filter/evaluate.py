@@ -73,8 +73,15 @@ _Node = _Table | _Combine | _Negate
 class CompiledFilter:
     """A predicate with its per-cell state tables, built once per (predicate, quantizer)."""
 
-    def __init__(self, predicate: Predicate, quantizer: AttributeQuantizer, root: _Node | None = None) -> None:
-        """``root``: the compiled tree when :func:`compile_many` built it in a batch.
+    def __init__(
+        self,
+        predicate: Predicate,
+        quantizer: AttributeQuantizer,
+        root: _Node | None = None,
+        key: Hashable | None = None,
+        shape: Hashable | None = None,
+    ) -> None:
+        """``root``, ``key``, ``shape``: the compiled tree and shapes when :func:`compile_many` built them.
 
         ``key`` is the predicate's shape (:func:`predicate_shape`) and ``shape`` its tree's
         (:func:`tree_shape`): filters with equal keys are evaluated together, equal shapes counted together.
@@ -82,8 +89,8 @@ class CompiledFilter:
         self.predicate = predicate
         self.quantizer = quantizer
         self._root = _rows(_Compiler(quantizer).compile([predicate]), 1)[0] if root is None else root
-        self.key = predicate_shape(predicate)
-        self.shape = tree_shape(self._root)
+        self.key = predicate_shape(predicate) if key is None else key
+        self.shape = tree_shape(self._root) if shape is None else shape
 
     @cached_property
     def intervals(self) -> tuple[dict[int, Interval], int | None]:
@@ -177,15 +184,16 @@ def _rows(node: _Node, count: int) -> list[_Node]:
 
 def predicate_shape(predicate: Predicate) -> Hashable:
     """A predicate without its operands: predicates of one shape compile to trees of one shape."""
-    match predicate:
-        case Compare(_, attribute, op, _):
-            return (attribute, op)
-        case In(_, attribute, _):
-            return (attribute, "$in")
-        case Not(child):
-            return ("$not", predicate_shape(child))
-        case And(children) | Or(children):
-            return (isinstance(predicate, And), tuple(predicate_shape(c) for c in children))
+    # Dispatch on the exact type: this runs for every per-query filter, and class patterns cost 3x more.
+    kind = type(predicate)
+    if kind is Compare:
+        return (predicate.attribute, predicate.op)
+    if kind is In:
+        return (predicate.attribute, "$in")
+    if kind is Not:
+        return ("$not", predicate_shape(predicate.child))
+    if kind is And or kind is Or:
+        return (kind is And, tuple(predicate_shape(c) for c in predicate.children))
     raise TypeError(f"not a predicate: {predicate!r}")
 
 
@@ -197,10 +205,11 @@ def compile_many(predicates: Sequence[Predicate], quantizer: AttributeQuantizer)
     for i, predicate in enumerate(predicates):
         groups.setdefault(predicate_shape(predicate), []).append(i)
     compiler = _Compiler(quantizer)
-    for members in groups.values():
+    for key, members in groups.items():
         roots = _rows(compiler.compile([predicates[i] for i in members]), len(members))
+        shape = tree_shape(roots[0])
         for i, root in zip(members, roots, strict=True):
-            out[i] = CompiledFilter(predicates[i], quantizer, root)
+            out[i] = CompiledFilter(predicates[i], quantizer, root, key, shape)
     return [f for f in out if f is not None]
 
 

@@ -107,7 +107,7 @@ class _Parser:
     def filter(self, expr: Any, depth: int, path: str) -> Predicate:
         if depth > MAX_DEPTH:
             raise FilterError(f"{path}: filter nested deeper than the limit of {MAX_DEPTH} levels; flatten it")
-        if not isinstance(expr, Mapping):
+        if type(expr) is not dict and not isinstance(expr, Mapping):
             raise FilterError(f"{path}: expected a filter object (dict), got {type(expr).__name__}")
         if not expr:
             raise FilterError(f"{path}: empty filter object; give at least one condition")
@@ -133,7 +133,7 @@ class _Parser:
             attribute = self.schema.index(key)
         except FilterError as error:
             raise FilterError(f"{path}: {error}") from None
-        if isinstance(value, Mapping):
+        if type(value) is dict or isinstance(value, Mapping):
             if not value:
                 raise FilterError(f"{path}: empty operator object; give an operator such as {{'$eq': value}}")
             parts = [self.leaf(attribute, op, operand, f"{path}.{op}") for op, operand in value.items()]
@@ -171,9 +171,12 @@ class _Parser:
             raise FilterError(f"{path}: bool attribute {spec.name!r} takes true or false, not {value!r}")
         if spec.type is AttrType.CATEGORY:
             return self.category_code(spec, value, path)
-        if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        kind = type(value)
+        # Plain floats and ints skip the abstract-class checks, which cost more than the rest of a leaf.
+        builtin = kind is float or kind is int
+        if not builtin and (isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real)):
             raise FilterError(f"{path}: {spec.type} attribute {spec.name!r} takes a number, not {value!r}")
-        if isinstance(value, numbers.Integral):
+        if kind is int or (not builtin and isinstance(value, numbers.Integral)):
             value = int(value)
             if spec.type is AttrType.INT and abs(value) > MAX_EXACT_INT:
                 # Stored INT values lie within +-2**53, so a larger operand compares like +-(2**53 + 2),

@@ -140,7 +140,10 @@ def plan_queries(
         visit: list[int] = []
         certain = 0
         anchor = None
-        for partition in candidates:
+        for j, partition in enumerate(candidates):
+            if j == len(candidates) - 1 and (anchor is None or certain < k):
+                visit.append(partition)  # the last partition that may match: no count can change the plan
+                break
             if anchor is None:
                 visit.append(partition)
                 if fc.certain_count(partition, k) >= k:
