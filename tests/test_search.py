@@ -343,3 +343,26 @@ def test_candidates_for_many_filters_equal_each_filters_exact_matches(synth, mon
         np.testing.assert_array_equal(rows[owner == i], want, err_msg=str(exprs[i]))
         np.testing.assert_array_equal(part.candidates_many([compiled])[1], want)
     assert len(rows) > 0 and len(set(owner.tolist())) >= len(exprs) - 3
+
+
+@pytest.fixture(scope="module")
+def wide():
+    """96 dimensions, so the 32-dimension prefix bound is a bound, not the distance; 3,000-row partitions."""
+    data = synthetic_clustered(12_000, 96, n_queries=24, clusters=20, attributes=1, seed=3)
+    return data, Index.build(data.base, data.attributes, partitions=4, seed=0)
+
+
+@pytest.mark.parametrize("filtered", [False, True])
+def test_a_query_gets_the_same_answer_alone_as_in_any_batch(wide, filtered):
+    """List-scan bounds, re-rank depths and distances are per query: batch-mates never change an answer."""
+    data, index = wide
+    queries = data.queries
+    # 80% ranges: more matches than exact_threshold per partition, so filtered queries scan lists too.
+    exprs = [{"a0": {"$gte": 0.008 * i, "$lt": 0.008 * i + 0.8}} for i in range(len(queries))] if filtered else None
+    knobs = {"probe": 3, "hamming_floor": 10, "prefix_keep": 0.02}  # shallow re-rank: depth decides answers
+    batch = index.search(queries, k=K, filter=exprs, **knobs)
+    assert (batch.stats["prefix"] > 0).all(), "every query should scan lists"
+    for i in range(len(queries)):
+        alone = index.search(queries[i : i + 1], k=K, filter=None if exprs is None else exprs[i], **knobs)
+        np.testing.assert_array_equal(alone.ids[0], batch.ids[i])
+        np.testing.assert_array_equal(alone.distances[0], batch.distances[i])

@@ -76,9 +76,9 @@ class PreparedPartition:
     - ``prefix`` (n, d0): the rotated coordinates of the leading d0 dimensions (float32, as the rotation
       rounds them, so exact), and ``prefix_norms`` their squared norms (rounded to float32), both views
       of ``lifted`` (n, d0 + 2) = [prefix, prefix_norms, 1], whose product with a lifted query
-      (:attr:`QueryCodes.lifted`) is the prefix bound itself. Products are taken in float64 (blocks are
-      cast in cache), so a query's bounds do not depend on which other queries share them; float32
-      storage halves the memory (1M x 128: 136 instead of 272 bytes per row) at equal speed;
+      (:attr:`QueryCodes.lifted`) is the prefix bound itself. List scans take one float32
+      matrix-vector product per (query, list) pair, so a query's bounds do not depend on which other
+      queries share the batch; candidate-set pruning casts gathered rows to float64 for its safe bound;
     - ``list_norms``: squared norms of the fine-list centroids, for ranking lists per query;
     - ``vector_norms`` (float32 squared norms of the raw vectors) and ``max_norm``, for the float32
       screen ahead of the exact re-rank;
