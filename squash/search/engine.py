@@ -12,29 +12,22 @@ from numpy.typing import NDArray
 from squash.model import IndexMeta
 from squash.search.merge import merge_partials
 from squash.search.params import SearchParams, check_k
-from squash.search.plan import Plan, plan_queries
+from squash.search.plan import Plans, plan_queries
 from squash.search.prepared import PreparedPartition
 from squash.search.queries import compile_filters, prepare_queries
 from squash.search.result import LEVEL_TIMES, SearchResult, empty_stats
 from squash.search.scan import search_partition
 
 
-def group_by_partition(plans: list[Plan]) -> dict[int, tuple[NDArray[np.int64], NDArray[np.int32]]]:
-    """Per partition: the queries visiting it and how many fine lists each scans there."""
-    if not plans:
-        return {}
-    lengths = np.array([len(p) for p, _ in plans])
-    if not lengths.sum():
-        return {}
-    queries = np.repeat(np.arange(len(plans)), lengths)
-    parts = np.concatenate([p for p, _ in plans])
-    probes = np.concatenate([c for _, c in plans]).astype(np.int32)
-    order = np.argsort(parts, kind="stable")
-    parts, queries, probes = parts[order], queries[order], probes[order]
+def group_by_partition(plans: Plans) -> dict[int, tuple[NDArray[np.int64], NDArray[np.int32]]]:
+    """Per partition: the queries visiting it (ascending) and how many fine lists each scans there."""
+    order = np.argsort(plans.partition, kind="stable")
+    parts, queries, probes = plans.partition[order], plans.query[order], plans.probe[order]
     cuts = np.flatnonzero(np.diff(parts)) + 1
     return {
         int(p[0]): (q, c)
         for p, q, c in zip(np.split(parts, cuts), np.split(queries, cuts), np.split(probes, cuts), strict=True)
+        if len(p)
     }
 
 

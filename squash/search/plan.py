@@ -13,6 +13,7 @@ certain counts are computed from attribute codes only for partitions a query may
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
@@ -52,15 +53,12 @@ class _FilterCounts:
     def __init__(
         self,
         meta: IndexMeta,
-        compiled: CompiledFilter | None,
-        bounds: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]] | None,
+        compiled: CompiledFilter,
+        bounds: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]],
     ) -> None:
-        """``bounds``: the filter's (certain, possible, full ceiling) per partition (None without a filter)."""
+        """``bounds``: the filter's (certain, possible, full ceiling) per partition."""
         self.meta = meta
         self.compiled = compiled
-        if bounds is None:
-            sizes = meta.sizes.astype(np.int64)
-            bounds = (sizes, sizes, sizes)
         self.bound, self.possible, ceiling = (b.copy() for b in bounds)
         # Certain matches found in the first ``counted`` rows of each partition; nothing to count where the
         # histograms already pin the number of rows whose codes prove a match.
@@ -71,7 +69,7 @@ class _FilterCounts:
         """Rows of ``partition`` that certainly match: exact, or a lower bound that is at least ``need``."""
         codes = self.meta.attr_codes[partition]
         p = partition
-        while self.compiled is not None and max(self.bound[p], self.found[p]) < need and self.counted[p] < len(codes):
+        while max(self.bound[p], self.found[p]) < need and self.counted[p] < len(codes):
             start = int(self.counted[p])
             stop = min(len(codes), start + max(_COUNT_BLOCK, start))
             self.found[p] += int(np.count_nonzero(self.compiled.cell_states(codes[start:stop]) == FULL))
@@ -95,7 +93,14 @@ def list_counts(meta: IndexMeta, queries: NDArray[np.float32], probe: int) -> ND
     return np.bincount(flat, minlength=nq * p).reshape(nq, p).astype(np.int32)
 
 
-Plan = tuple[NDArray[np.int64], NDArray[np.int32]]
+@dataclass(frozen=True)
+class Plans:
+    """Every visit of a batch, flat: query ``query[j]`` visits partition ``partition[j]`` and scans
+    ``probe[j]`` fine lists there. A query's visits are side by side, nearest partition first."""
+
+    query: NDArray[np.int64]
+    partition: NDArray[np.int64]
+    probe: NDArray[np.int32]
 
 
 def plan_queries(
@@ -104,7 +109,7 @@ def plan_queries(
     filters: Sequence[CompiledFilter | None],
     k: int,
     params: SearchParams,
-) -> list[Plan]:
+) -> Plans:
     """Per query: the partitions it visits (nearest first) and how many fine lists each scans.
 
     The threshold is anchored at the nearest partition that alone certainly holds k matches, not
@@ -113,30 +118,35 @@ def plan_queries(
     possible matches over the whole index fit ``exact_budget``, every partition holding one is
     visited (each then scans its few matches exactly), so very selective queries are exact.
     """
-    scores = centroid_scores(meta, queries)
+    nq = len(queries)
+    # One partition: its routing distance orders nothing (and costs a pass over the queries).
+    scores = centroid_scores(meta, queries) if meta.n_partitions > 1 else np.zeros((nq, 1))
     order = np.argsort(scores, axis=1, kind="stable")
     probes = list_counts(meta, queries, params.probe)
+    ordered = np.take_along_axis(probes, order, axis=1)
     # Histogram bounds of every distinct filter in one batch (same-shaped filters share each numpy call).
     distinct = list({id(f): f for f in filters if f is not None}.values())
-    batch = partition_bounds_many(distinct, meta.attr_histograms)
-    counts: dict[int, _FilterCounts] = {
-        id(f): _FilterCounts(meta, f, (batch[0][j], batch[1][j], batch[2][j])) for j, f in enumerate(distinct)
-    }
-    plans: list[Plan] = []
+    bounds = partition_bounds_many(distinct, meta.attr_histograms)
+    slot = {id(f): j for j, f in enumerate(distinct)}
+    row = np.array([slot.get(id(f), -1) for f in filters], dtype=np.int64)
+    possible = np.repeat(meta.sizes.astype(np.int64)[None, :], nq, axis=0)  # (nq, P); no filter: every row
+    possible[row >= 0] = bounds[1][row[row >= 0]]
+    may = np.take_along_axis(possible > 0, order, axis=1)
+    plain = (row < 0) & (not params.exact)
+    # Unfiltered queries visit the partitions owning their nearest lists; queries in exact mode, whose
+    # filter's possible matches fit exact_budget, or which may match in one partition only, visit every
+    # partition that may match. All of them at once, nearest first.
+    every = ~plain & (params.exact | (possible.sum(axis=1) <= params.exact_budget) | (may.sum(axis=1) <= 1))
+    query, column = np.nonzero(((ordered > 0) & plain[:, None]) | (may & every[:, None]))
+    visits = [(query, order[query, column], np.maximum(ordered[query, column], 1))]
+    counts: dict[int, _FilterCounts] = {}  # by slot in distinct, built when a query needs certain counts
     cap = params.max_partitions or meta.n_partitions
-    for i, compiled in enumerate(filters):
-        if compiled is None and not params.exact:
-            visit = order[i][probes[i, order[i]] > 0]
-            plans.append((visit, probes[i, visit]))
-            continue
-        fc = counts.get(id(compiled))
+    for i in np.flatnonzero(~plain & ~every).tolist():
+        j = int(row[i])  # a filtered query: unfiltered ones are plain or visit every partition
+        fc = counts.get(j)
         if fc is None:
-            fc = counts[id(compiled)] = _FilterCounts(meta, None, None)
-        candidates = [int(p) for p in order[i] if fc.possible[p] > 0]
-        if params.exact or int(fc.possible.sum()) <= params.exact_budget:
-            chosen = np.asarray(candidates, dtype=np.int64)
-            plans.append((chosen, np.maximum(probes[i, chosen], 1)))
-            continue
+            fc = counts[j] = _FilterCounts(meta, distinct[j], (bounds[0][j], bounds[1][j], bounds[2][j]))
+        candidates = order[i][may[i]].tolist()
         visit: list[int] = []
         certain = 0
         anchor = None
@@ -159,5 +169,9 @@ def plan_queries(
         # Partitions owning one of the query's nearest lists are visited too, when they may match.
         near = set(visit) | {p for p in candidates if probes[i, p] > 0}
         chosen = np.asarray([p for p in candidates if p in near], dtype=np.int64)
-        plans.append((chosen, np.maximum(probes[i, chosen], 1)))
-    return plans
+        visits.append((np.full(len(chosen), i), chosen, np.maximum(probes[i, chosen], 1)))
+    query, partition, probe = (np.concatenate([v[j] for v in visits]) for j in range(3))
+    by_query = np.argsort(query, kind="stable")
+    return Plans(
+        query[by_query].astype(np.int64), partition[by_query].astype(np.int64), probe[by_query].astype(np.int32)
+    )
