@@ -175,8 +175,9 @@ class PreparedPartition:
         for i in np.flatnonzero(~batched).tolist():
             compiled = filters[i]
             if lookup[i]:
-                pairs = np.arange(pair_at[i], pair_at[i + 1])
-                _, rows = self._gather(attribute, pair_filter[pairs], starts[pairs], stops[pairs])
+                pairs = slice(pair_at[i], pair_at[i + 1])
+                order = self._postings[int(attribute[i])].order  # built by _runs
+                rows = order[concat_ranges(starts[pairs], stops[pairs])].astype(np.int64)
                 if not bounds.exact[i]:
                     rows = rows[compiled.matches(data.attr_codes, data.attr_raw, rows=rows)]
                 rows = np.sort(rows)
