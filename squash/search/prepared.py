@@ -78,7 +78,8 @@ class PreparedPartition:
       of ``lifted`` (n, d0 + 2) = [prefix, prefix_norms, 1], whose product with a lifted query
       (:attr:`QueryCodes.lifted`) is the prefix bound itself. List scans take one float32
       matrix-vector product per (query, list) pair, so a query's bounds do not depend on which other
-      queries share the batch; candidate-set pruning casts gathered rows to float64 for its safe bound;
+      queries share the batch; the safe pruning of candidate sets takes float32 products too, its slack
+      covering their rounding;
     - ``list_norms``: squared norms of the fine-list centroids, for ranking lists per query;
     - ``vector_norms`` (float32 squared norms of the raw vectors) and ``max_norm``, for the float32
       screen ahead of the exact re-rank;
@@ -165,7 +166,7 @@ class PreparedPartition:
         lookup = (attribute >= 0) & (possible <= _INDEX_LOOKUP_LIMIT * self.size)
         batched = lookup & (possible <= _BATCHED_LOOKUP)
         bounds = DriverBounds.of(filters, np.where(lookup, attribute, -1))
-        # The runs of every lookup at once: one vectorised bisection per driver attribute, not per filter.
+        # The runs of every lookup at once: per driver attribute, one binary search per filter and bound.
         kept = np.flatnonzero(lookup[pair_filter])
         pair_filter, pair_code = pair_filter[kept], pair_code[kept]
         starts, stops = self._runs(filters, attribute, bounds, pair_filter, pair_code)

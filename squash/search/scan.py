@@ -221,9 +221,10 @@ def _prefix_pruned(
     distance tau; a row whose bound exceeds tau cannot enter the top-k, so only the others are ranked
     exactly: safe pruning, no recall lost. Bounds are float32 products (one matrix-vector product per
     query, half the bytes of float64). The slack covers their error: the float32 rounding of the rotated
-    coordinates and of the rotation matrix (relative 1e-4 of tau, absolute 1e-6 (|x| + |q|)^2), and the
-    float32 rounding of the lifted query and of the sum of d0 + 2 products, at most
-    (d0 + 3) 2^-24 (|x| + |q|)^2 (4e-6 (|x| + |q|)^2 at d0 = 64), which the 1e-5 (|x| + |q|)^2 term covers.
+    coordinates and of the rotation matrix (relative 1e-4 of tau, absolute 1e-6 r^2), and the float32
+    rounding of the lifted query and of the sum of d0 + 2 products, at most (d0 + 3) 2^-24 r^2 (4e-6 r^2
+    at d0 = 64), where r = |x| + |q| + 2 |mean| bounds |x - mean| + |q - mean| (the rotation centres
+    vectors); the absolute term is 1e-5 r^2.
     """
     valid = rows >= 0
     safe = np.where(valid, rows, 0)
@@ -244,7 +245,8 @@ def _prefix_pruned(
     exact[probe < 0] = np.inf
     tau = np.partition(exact, k - 1, axis=1)[:, k - 1]
     qnorm = np.sqrt((queries.astype(np.float64) ** 2).sum(axis=1))
-    slack = 1e-4 * tau + 1e-5 * (part.max_norm + qnorm) ** 2
+    reach = part.max_norm + qnorm + 2.0 * float(np.linalg.norm(part.lead.mean.astype(np.float64)))
+    slack = 1e-4 * tau + 1e-5 * reach**2
     keep = bound <= (tau + slack)[:, None]
     width = max(int(keep.sum(axis=1).max()), 1)
     chosen = select_smallest(np.where(keep, bound, np.inf), width)
