@@ -51,11 +51,13 @@ EFS = (10, 20, 40, 80, 160, 320, 640)
 # Squash knobs, roughly in increasing cost: probe (fine lists per query) and probe_matches (matches a
 # filtered query scans for) set the candidates, hamming_floor how many of them are ranked exactly;
 # centroid_factor adds partitions for filtered queries. Steps are finer at the cheap end, where lists of
-# up to 768 rows put recall 0.95 between 4 and 16 lists. There, prefix_keep=0.01 lets the floor set the
+# up to 768 rows put recall 0.95 between 4 and 16 lists. There, a small prefix_keep lets the floor set the
 # re-rank depth of list scans (at 1M, 2% of 6,144 scanned rows re-ranked 122 per query for no more recall
-# than 60), and a deeper floor at 4 lists lifts Fashion-MNIST past 0.95 without scanning more lists.
+# than 60), and the depth at 4 lists steps from 30 to 80 rows, where Fashion-MNIST crosses 0.95.
 SQUASH_SWEEP: tuple[dict[str, Any], ...] = (
+    {"probe": 4, "probe_matches": 30, "hamming_floor": 30, "prefix_keep": 0.005},
     {"probe": 4, "probe_matches": 30, "hamming_floor": 40},
+    {"probe": 4, "probe_matches": 30, "hamming_floor": 50, "prefix_keep": 0.005},
     {"probe": 4, "probe_matches": 30, "hamming_floor": 80},
     {"probe": 6, "probe_matches": 45, "hamming_floor": 50},
     {"probe": 8, "probe_matches": 60, "hamming_floor": 40, "prefix_keep": 0.01},
