@@ -255,7 +255,7 @@ def bench_dataset(
         build_s = time.perf_counter() - started
         print(f"{data.name}: ground truth {truth_s:.0f} s, build {build_s:.0f} s, selectivity {share:.2%}", flush=True)
         rows = []
-        for shape in SHAPES[: 3 if args.quick else None]:
+        for shape in QUICK_SHAPES if args.quick else SHAPES:
             rows += run_tree(uri, queries, filters, truth, shape)
             for r in rows[-2:]:
                 print(f"  {shape} {r['phase']}: {r['qps']:.0f} QPS, recall {r['recall']:.4f}", flush=True)

@@ -142,30 +142,13 @@ def plan_queries(
     counts: dict[int, _FilterCounts] = {}  # by slot in distinct, built when a query needs certain counts
     cap = params.max_partitions or meta.n_partitions
     for i in np.flatnonzero(~plain & ~every).tolist():
-        j = int(row[i])  # a filtered query: unfiltered ones are plain or visit every partition
-        fc = counts.get(j)
+        slot_i = int(row[i])  # a filtered query: unfiltered ones are plain or visit every partition
+        fc = counts.get(slot_i)
         if fc is None:
-            fc = counts[j] = _FilterCounts(meta, distinct[j], (bounds[0][j], bounds[1][j], bounds[2][j]))
+            bound_i = (bounds[0][slot_i], bounds[1][slot_i], bounds[2][slot_i])
+            fc = counts[slot_i] = _FilterCounts(meta, distinct[slot_i], bound_i)
         candidates = order[i][may[i]].tolist()
-        visit: list[int] = []
-        certain = 0
-        anchor = None
-        for j, partition in enumerate(candidates):
-            if j == len(candidates) - 1 and (anchor is None or certain < k):
-                visit.append(partition)  # the last partition that may match: no count can change the plan
-                break
-            if anchor is None:
-                visit.append(partition)
-                if fc.certain_count(partition, k) >= k:
-                    anchor = scores[i, partition]
-                    inside = _within(scores[i], anchor, params.centroid_factor)
-                certain += fc.certain_count(partition, k - certain) if certain < k else 0
-                continue
-            if certain >= k and (not inside[partition] or len(visit) >= cap):
-                break
-            visit.append(partition)
-            if certain < k:
-                certain += fc.certain_count(partition, k - certain)
+        visit = _walk(fc, candidates, scores[i], k, params.centroid_factor, cap)
         # Partitions owning one of the query's nearest lists are visited too, when they may match.
         near = set(visit) | {p for p in candidates if probes[i, p] > 0}
         chosen = np.asarray([p for p in candidates if p in near], dtype=np.int64)
@@ -175,3 +158,30 @@ def plan_queries(
     return Plans(
         query[by_query].astype(np.int64), partition[by_query].astype(np.int64), probe[by_query].astype(np.int32)
     )
+
+
+def _walk(
+    fc: _FilterCounts, candidates: list[int], scores: NDArray[np.float64], k: int, factor: float, cap: int
+) -> list[int]:
+    """The single-pass rule for one query: ``candidates`` (partitions that may match, nearest first) up to
+    the nearest that alone certainly holds k matches, then on within ``factor`` of it (at most ``cap``),
+    and on until the visited partitions certainly hold k matches."""
+    visit: list[int] = []
+    certain = 0
+    inside: NDArray[np.bool_] | None = None
+    for j, partition in enumerate(candidates):
+        if j == len(candidates) - 1 and (inside is None or certain < k):
+            visit.append(partition)  # the last partition that may match: no count can change the plan
+            break
+        if inside is None:
+            visit.append(partition)
+            if fc.certain_count(partition, k) >= k:
+                inside = _within(scores, float(scores[partition]), factor)
+            certain += fc.certain_count(partition, k - certain) if certain < k else 0
+            continue
+        if certain >= k and (not inside[partition] or len(visit) >= cap):
+            break
+        visit.append(partition)
+        if certain < k:
+            certain += fc.certain_count(partition, k - certain)
+    return visit

@@ -129,10 +129,6 @@ class PreparedPartition:
         self.cells = FlatCells.from_table(self.data.osq.cells, first_dim=d0)
 
     @property
-    def prefix_dims(self) -> int:
-        return int(self.prefix.shape[1])
-
-    @property
     def size(self) -> int:
         return self.data.size
 
