@@ -249,13 +249,21 @@ def test_api_errors_and_invocation_types(local_stack: LocalStack) -> None:
     assert client.invoke(FunctionName=arn, InvocationType="DryRun")["StatusCode"] == 204
     before = local_stack.stats()["Echo"]["invocations"]
     assert client.invoke(FunctionName="Echo", InvocationType="Event", Payload=b"{}")["StatusCode"] == 202
-    deadline = time.monotonic() + 10
-    while local_stack.stats()["Echo"]["invocations"] == before and time.monotonic() < deadline:
-        time.sleep(0.02)
+    local_stack.wait_idle(timeout=10)
     assert local_stack.stats()["Echo"]["invocations"] == before + 1
     with urllib.request.urlopen(local_stack.lambda_endpoint_url + STATS_PATH) as reply:
         served = json.load(reply)["functions"]
     assert served.keys() == local_stack.stats().keys() and served["Echo"]["invocations"] == before + 1
+
+
+def test_wait_idle_covers_calls_nobody_waits_for(local_stack: LocalStack) -> None:
+    before = local_stack.stats()["Sleepy"]["invocations"]
+    response, _ = _invoke(_client(), "Sleepy", {"seconds": 1}, InvocationType="Event")
+    assert response["StatusCode"] == 202
+    with pytest.raises(TimeoutError, match="1 invocations still running"):
+        local_stack.wait_idle(timeout=0.05)
+    local_stack.wait_idle(timeout=10)
+    assert local_stack.stats()["Sleepy"]["invocations"] == before + 1
 
 
 def test_s3_through_moto_server(local_stack: LocalStack) -> None:

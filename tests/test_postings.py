@@ -20,9 +20,7 @@ N = 6000
 def ties():
     """A float attribute with over 256 distinct values and many duplicates: cells hold several values."""
     rng = np.random.default_rng(3)
-    schema, raw = normalize_attributes(
-        {"v": np.round(rng.normal(scale=60, size=N)) / 4, "n": rng.integers(0, 4, N)}, N
-    )
+    schema, raw = normalize_attributes({"v": np.round(rng.normal(scale=60, size=N)) / 4, "n": rng.integers(0, 4, N)}, N)
     quantizer = AttributeQuantizer.fit(schema, raw, bits=8)
     return schema, raw, quantizer, quantizer.encode(raw)
 

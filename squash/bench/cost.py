@@ -269,7 +269,7 @@ def bench_dataset(
         f"Filter: {args.workload_note(data)}; measured selectivity {share:.2%}. Build {build_s:.0f} s. "
         f"Every function {mem} MB, {prices.architecture}. QPS = all queries / wall time of the batch. "
         "$ are modelled as Lambda would bill with a core per container: each invocation's own CPU time plus, "
-        f"for a parent, its slowest child and a {MODEL_HOP_MS:.0f} ms invoke hop. \"$/1M measured\" prices the "
+        f'for a parent, its slowest child and a {MODEL_HOP_MS:.0f} ms invoke hop. "$/1M measured" prices the '
         "handler wall times of this run instead: every function shares 2 cores here, so it is an upper bound.\n"
     )
     table = []

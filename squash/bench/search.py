@@ -902,7 +902,7 @@ def run(argv: list[str] | None = None) -> int:
     (Path(args.out) / "search.md").write_text(text + "\n")
     headline = [
         f"QPS at recall@{K} = 0.95, one thread, each query with its own filter "
-        f"(\"—\": never reached; {total}; full report: search.md).\n",
+        f'("—": never reached; {total}; full report: search.md).\n',
         markdown_table(SUMMARY_HEADERS, summary),
     ]
     (Path(args.out) / "summary.md").write_text("\n".join(headline) + "\n")

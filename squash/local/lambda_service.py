@@ -229,6 +229,8 @@ class LambdaService:
         self._server.service = self  # type: ignore[attr-defined]
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,), daemon=True)
         self._sequence = itertools.count(1)  # next() is atomic: pools may call concurrently
+        self._running = 0  # invocations accepted and not yet recorded, across every function
+        self._running_cond = threading.Condition()
 
     @property
     def endpoint_url(self) -> str:
@@ -264,6 +266,16 @@ class LambdaService:
     def stats(self) -> dict[str, dict[str, float | int | list[int]]]:
         """Per function: the `FunctionStats` counters plus the live worker pids."""
         return {name: pool.snapshot() for name, pool in self._pools.items()}
+
+    def wait_idle(self, timeout: float = 60.0) -> None:
+        """Block until no invocation is running, so `stats` covers every call made so far.
+
+        A caller that abandons a call (a losing hedge, a call past its deadline) returns before the service
+        has finished and counted it; counters read right after such a caller returns can still change.
+        """
+        with self._running_cond:
+            if not self._running_cond.wait_for(lambda: self._running == 0, timeout):
+                raise TimeoutError(f"{self._running} invocations still running after {timeout} s")
 
     def worker_pids(self) -> list[int]:
         """Pids of every live worker."""
@@ -332,6 +344,16 @@ class LambdaService:
 
     def invoke(self, pool: FunctionPool, invocation: Invocation, *, wait: bool) -> bool:
         """Run ``invocation`` to completion, setting its ``result``; False when throttled."""
+        with self._running_cond:
+            self._running += 1
+        try:
+            return self._run(pool, invocation, wait=wait)
+        finally:
+            with self._running_cond:
+                self._running -= 1
+                self._running_cond.notify_all()
+
+    def _run(self, pool: FunctionPool, invocation: Invocation, *, wait: bool) -> bool:
         try:
             sandbox = pool.acquire(wait=wait)
         except SandboxGone:  # stopped while starting: the service is closing

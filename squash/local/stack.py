@@ -179,6 +179,11 @@ class LocalStack:
         """Per-function invocation counters (see `LambdaService.stats`)."""
         return self.lambda_service.stats() if self.lambda_service is not None else {}
 
+    def wait_idle(self, timeout: float = 60.0) -> None:
+        """Block until no Lambda invocation is running (see `LambdaService.wait_idle`)."""
+        if self.lambda_service is not None:
+            self.lambda_service.wait_idle(timeout)
+
     def worker_pids(self) -> list[int]:
         """Pids of the live Lambda workers."""
         return self.lambda_service.worker_pids() if self.lambda_service is not None else []

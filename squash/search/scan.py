@@ -388,9 +388,7 @@ def search_partition(
     if scanning:
         qs = np.asarray(scanning, dtype=np.int64)
         probe = np.full(len(qs), params.probe, dtype=np.int32) if probes is None else probes[qs]
-        choice = choose_lists(
-            part, queries[qs], [filters[i] for i in scanning], estimate, probe, k, params, metric
-        )
+        choice = choose_lists(part, queries[qs], [filters[i] for i in scanning], estimate, probe, k, params, metric)
         clock.lap("filter")
         codes = QueryCodes(part, queries, metric)
         rows = scan_lists(part, codes, choice, qs, k, params, metric, stats)
