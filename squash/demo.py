@@ -229,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
         )
         _batches(session, workloads)
         _singles(session, workloads[0], s3, n_warm, n_cold)
+        stack.wait_idle()  # abandoned calls (hedges, deadlines) finish and are counted
         print("\ninvocations per function (local Lambda service; cold starts, workers):")
         for name, counters in stack.stats().items():
             if counters["invocations"]:
