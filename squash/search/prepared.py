@@ -12,6 +12,7 @@ from squash.filter import CompiledFilter
 from squash.filter.batch import drivers_many, matches_many
 from squash.model import PartitionData
 from squash.osq import CellTable, Rotation
+from squash.search.conjunctions import conjunction_matches, is_conjunction
 from squash.search.postings import DriverBounds, Postings, concat_ranges
 
 _CODES = 256
@@ -150,12 +151,46 @@ class PreparedPartition:
     def candidates_many(self, filters: Sequence[CompiledFilter]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """Rows satisfying each filter exactly, for many filters at once: (owner, rows).
 
-        ``rows[j]`` satisfies ``filters[owner[j]]``; owners ascend and each filter's rows ascend. A filter
-        whose driver attribute holds at most a quarter of the partition reads that attribute's posting
-        lists (O(matches)), trimmed to the interval its conjuncts allow there; the rows read are checked
-        unless the filter is that interval alone. Small lookups of all filters are gathered and checked in
-        batches (:func:`squash.filter.batch.matches_many`), large ones filter by filter. Other filters
-        take a full pass over the codes.
+        ``rows[j]`` satisfies ``filters[owner[j]]``; owners ascend and each filter's rows ascend. Conjunctions
+        of intervals are read from sorted posting lists (:mod:`squash.search.conjunctions`); other filters
+        are narrowed through their code-level tree (:meth:`_tree_candidates`).
+        """
+        simple = np.array([is_conjunction(compiled) for compiled in filters], dtype=bool)
+        owners, found = [np.empty(0, dtype=np.int64)], [np.empty(0, dtype=np.int64)]
+        for chosen, answer in (
+            (np.flatnonzero(simple), self._conjunction_candidates),
+            (np.flatnonzero(~simple), self._tree_candidates),
+        ):
+            if len(chosen):
+                owner, rows = answer([filters[i] for i in chosen])
+                owners.append(chosen[owner])
+                found.append(rows)
+        owner, rows = np.concatenate(owners), np.concatenate(found)
+        # Each filter's rows already ascend in one block: a stable sort by owner orders the blocks.
+        order = np.argsort(owner, kind="stable")
+        return owner[order], rows[order]
+
+    def _conjunction_candidates(self, filters: Sequence[CompiledFilter]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """:meth:`candidates_many` for conjunctions of intervals, from every bounded attribute's postings."""
+        names = filters[0].quantizer.schema.names
+        raw = [np.asarray(self.data.attr_raw[name]) for name in names]
+        return conjunction_matches(
+            filters,
+            lambda a: self.postings(a, names[a]),
+            raw,
+            self.size,
+            batched_lookup=_BATCHED_LOOKUP,
+            batch_rows=_LOOKUP_BATCH_ROWS,
+        )
+
+    def _tree_candidates(self, filters: Sequence[CompiledFilter]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """:meth:`candidates_many` for any filters, through their code-level trees; each filter's rows are one
+        ascending block, the blocks in any order.
+
+        A filter whose driver attribute holds at most a quarter of the partition reads that attribute's posting
+        lists (O(matches)), trimmed to the interval its conjuncts allow there, and checks the rows read. Small
+        lookups of all filters are gathered and checked in batches (:func:`squash.filter.batch.matches_many`),
+        large ones filter by filter. Other filters take a full pass over the codes.
         """
         data = self.data
         attribute, possible, pair_filter, pair_code = drivers_many(filters, self.histograms)
@@ -175,8 +210,7 @@ class PreparedPartition:
                 pairs = slice(pair_at[i], pair_at[i + 1])
                 order = self._postings[int(attribute[i])].order  # built by _runs
                 rows = order[concat_ranges(starts[pairs], stops[pairs])].astype(np.int64)
-                if not bounds.exact[i]:
-                    rows = rows[compiled.matches(data.attr_codes, data.attr_raw, rows=rows)]
+                rows = rows[compiled.matches(data.attr_codes, data.attr_raw, rows=rows)]
                 rows = np.sort(rows)
             else:
                 rows = np.flatnonzero(compiled.matches(data.attr_codes, data.attr_raw))
@@ -192,20 +226,14 @@ class PreparedPartition:
             if not len(pairs):
                 continue  # no driver code of these filters occurs here: nothing can match
             owner, rows = self._gather(attribute, pair_filter[pairs], starts[pairs], stops[pairs])
-            check = np.flatnonzero(~bounds.exact[owner])
-            if check.size:
-                keep = np.ones(len(rows), dtype=bool)
-                keep[check] = matches_many(filters, data.attr_codes, data.attr_raw, owner[check], rows[check])
-                owner, rows = owner[keep], rows[keep]
+            keep = matches_many(filters, data.attr_codes, data.attr_raw, owner, rows)
+            owner, rows = owner[keep], rows[keep]
             owner, rows = _sorted_pairs(owner, rows, self.size)
             owners.append(owner)
             found.append(rows)
         if not found:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
-        owner, rows = np.concatenate(owners), np.concatenate(found)
-        # Each filter's rows already ascend in one block: a stable sort by owner orders the blocks.
-        order = np.argsort(owner, kind="stable")
-        return owner[order], rows[order]
+        return np.concatenate(owners), np.concatenate(found)
 
     def _runs(
         self,
