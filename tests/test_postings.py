@@ -61,7 +61,7 @@ def test_closed_intervals_hold_exactly_the_values_of_open_ones():
 @pytest.mark.parametrize(("batched_lookup", "batch_rows"), [(0, 50), (300, 50), (N, 1 << 16)])
 def test_conjunctions_of_intervals_match_exactly(ties, batched_lookup, batch_rows):
     schema, raw, quantizer, codes = ties
-    v, n = raw["v"], raw["n"]
+    v = raw["v"]
     rng = np.random.default_rng(11)
     exprs = [  # ties at open and closed bounds on both attributes; either attribute may drive
         {"v": {"$gt": float(rng.choice(v)), "$lte": float(rng.choice(v)) + width}, "n": {"$gt": 0, "$lt": 3}}
@@ -82,7 +82,7 @@ def test_conjunctions_of_intervals_match_exactly(ties, batched_lookup, batch_row
         for a, name in enumerate(schema.names)
     }
     owner, rows = conjunction_matches(
-        filters, lists.__getitem__, [v, n], N, batched_lookup=batched_lookup, batch_rows=batch_rows
+        filters, lists.__getitem__, raw, N, batched_lookup=batched_lookup, batch_rows=batch_rows
     )
     assert (np.diff(owner) >= 0).all()
     for i, compiled in enumerate(filters):

@@ -144,7 +144,7 @@ class CompiledFilter:
             rows = np.flatnonzero(rows) if rows.dtype == bool else rows
         self._check_codes(codes)
         if self._conjunction is not None:
-            return self._inside(raw, rows)
+            return self.inside(raw, rows)
         states = _states_at(self._root, codes, rows)
         result = states == FULL
         partial = np.flatnonzero(states == PARTIAL)
@@ -152,10 +152,12 @@ class CompiledFilter:
             result[partial] = self.exact(raw, partial if rows is None else rows[partial])
         return result
 
-
-    def _inside(self, raw: Mapping[str, np.ndarray], rows: np.ndarray | None) -> np.ndarray:
+    def inside(self, raw: Mapping[str, np.ndarray], rows: np.ndarray | None = None) -> np.ndarray:
+        """:meth:`matches` of a conjunction of intervals (:attr:`intervals` pure): raw values against bounds."""
+        if self._conjunction is None:
+            raise InvalidInputError("inside() needs a filter that is a conjunction of ranges and equalities")
         mask: np.ndarray | None = None
-        for name, lo, hi in self._conjunction or ():
+        for name, lo, hi in self._conjunction:
             if name not in raw:
                 raise InvalidInputError(f"raw attribute column {name!r} is missing")
             values = np.asarray(raw[name]) if rows is None else np.asarray(raw[name])[rows]

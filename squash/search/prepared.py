@@ -173,11 +173,10 @@ class PreparedPartition:
     def _conjunction_candidates(self, filters: Sequence[CompiledFilter]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """:meth:`candidates_many` for conjunctions of intervals, from every bounded attribute's postings."""
         names = filters[0].quantizer.schema.names
-        raw = [np.asarray(self.data.attr_raw[name]) for name in names]
         return conjunction_matches(
             filters,
             lambda a: self.postings(a, names[a]),
-            raw,
+            self.data.attr_raw,
             self.size,
             batched_lookup=_BATCHED_LOOKUP,
             batch_rows=_LOOKUP_BATCH_ROWS,
