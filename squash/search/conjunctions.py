@@ -5,8 +5,9 @@ filter's matches are the rows whose every bounded value lies in its interval. Ev
 postings (rows sorted by value) hold the rows inside its interval as one contiguous slice, found by two
 binary searches; the shortest slice over the filter's attributes drives, and its rows keep those whose other
 values lie in their intervals, one attribute at a time (the most selective first, so each comparison reads
-fewer rows). The cost is O(shortest slice), never a pass over the partition, and no row is read that the
-driver's own interval excludes.
+fewer rows). The cost is O(shortest slice): no row is read that the driver's own interval excludes. Only
+when that slice is so wide that gathering its rows at random costs more than comparing whole columns in
+order does the filter take a full pass over the raw columns.
 """
 
 from __future__ import annotations
