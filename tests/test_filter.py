@@ -404,7 +404,7 @@ def test_filter_errors_name_the_culprit(expr, culprits):
 
 
 def test_compile_and_evaluation_input_errors():
-    schema, _ = dataset()
+    schema, raw = dataset()
     q, codes = quantized(8)
     assert compile_filter(None, schema, q) is None
     other, _ = normalize_attributes({"x": [1]}, 1)
@@ -425,6 +425,10 @@ def test_compile_and_evaluation_input_errors():
         estimates_many([f], uneven)
     with pytest.raises(InvalidInputError, match="'few' is missing"):
         f.exact({})
+    with pytest.raises(InvalidInputError, match="'few' is missing"):
+        f.matches(codes, {})  # a conjunction of intervals: compared on raw values alone
+    with pytest.raises(InvalidInputError, match="conjunction of ranges and equalities"):
+        compile_filter({"few": {"$in": [1, 2]}}, schema, q).inside(raw)
 
 
 def test_histogram_bounds_combinations():

@@ -21,10 +21,11 @@ from numpy.typing import NDArray
 from squash.filter import CompiledFilter
 from squash.search.postings import Postings, concat_ranges
 
-# A random gather of one row's value costs about this many times comparing one value of a whole column in
-# order (1M x 128, 100k-row partitions, 4-attribute conjunctions: a 28k-row slice with its checks took
-# 709 us, four full column passes 306 us; a 16k-row slice 267-431 us against 284-299 us).
-GATHER_COST = 24
+# A random gather of one value costs about this many comparisons of a whole column's values in order. It
+# depends on how much of the columns the caches hold; measured per filter, slice with its checks against
+# a full pass: 1M x 128 (90k-row partitions, float64, 4 attributes) 15-17; Fashion-MNIST (60k rows, int64,
+# 2 attributes) 4. Between them, 12 picks the faster side for every filter of the bench's workloads.
+GATHER_COST = 12
 
 
 def is_conjunction(compiled: CompiledFilter) -> bool:
@@ -74,11 +75,12 @@ def conjunction_matches(
     width = bounded.sum(axis=0)
     owners, found = [], []
     for i in np.flatnonzero(count > batched_lookup).tolist():
-        if count[i] * GATHER_COST > size * width[i]:
+        mine = checks[1 : width[i], i].tolist()
+        if _gathers(count[i], inside[mine, i] / size) * GATHER_COST > size * width[i]:
             rows = np.flatnonzero(filters[i].inside(raw))
         else:
             rows = lists[driver[i]].order[first[driver[i], i] : last[driver[i], i]]
-            for j in checks[1 : width[i], i].tolist():
+            for j in mine:
                 values = columns[j][rows]
                 rows = rows[(values >= lo[j, i]) & (values <= hi[j, i])]
             rows = np.sort(rows)
@@ -104,6 +106,12 @@ def conjunction_matches(
     owner, rows = np.concatenate(owners), np.concatenate(found)
     order = np.argsort(owner, kind="stable")
     return owner[order], rows[order]
+
+
+def _gathers(count: int, shares: NDArray[np.float64]) -> float:
+    """Values gathered checking ``count`` driver rows attribute by attribute, if the attributes keep
+    ``shares`` of the rows independently: every check reads the rows the previous ones kept."""
+    return float(count * np.concatenate(([1.0], np.cumprod(shares[:-1]))).sum()) if len(shares) else 0.0
 
 
 def _driver_rows(
