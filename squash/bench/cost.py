@@ -386,7 +386,7 @@ def update_readme(cost_md: str, search_dir: Path, cost_dir: Path, readme: Path =
     link = docs.relative_to(readme.parent).as_posix() if docs.is_relative_to(readme.parent) else docs.as_posix()
     (docs / "cost.md").write_text(cost_md)
     body = [
-        "Regenerate with `squash bench search` (about 16 min on 2 cores), then `squash bench cost --readme` "
+        "Regenerate with `squash bench search` (about 20 min on 2 cores), then `squash bench cost --readme` "
         f"(about 8 min), which rewrites this part and publishes the reports and plots to `{link}/`.\n"
     ]
     summary = search_dir / "summary.md"
