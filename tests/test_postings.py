@@ -11,7 +11,7 @@ from squash.attributes import AttributeQuantizer, normalize_attributes
 from squash.errors import CorruptObjectError
 from squash.filter import compile_filter, parse_filter
 from squash.filter.interval import EVERYTHING, Interval, conjunct_intervals
-from squash.search.conjunctions import conjunction_matches, is_conjunction
+from squash.search.conjunctions import conjunction_matches
 from squash.search.postings import DriverBounds, Postings
 
 N = 6000
@@ -76,7 +76,7 @@ def test_conjunctions_of_intervals_match_exactly(ties, batched_lookup, batch_row
         {"$and": [{"v": {"$lt": 40.0}}, {"n": {"$gte": 1}}, {"v": {"$gte": -40.0}}]},
     ]
     filters = [compile_filter(e, schema, quantizer) for e in exprs]
-    assert all(is_conjunction(f) for f in filters)
+    assert all(f.is_conjunction for f in filters)
     lists = {
         a: Postings.build(codes[:, a], raw[name], np.bincount(codes[:, a], minlength=256))
         for a, name in enumerate(schema.names)
@@ -88,7 +88,7 @@ def test_conjunctions_of_intervals_match_exactly(ties, batched_lookup, batch_row
     for i, compiled in enumerate(filters):
         np.testing.assert_array_equal(rows[owner == i], np.flatnonzero(compiled.exact(raw)), err_msg=str(exprs[i]))
     others = ({"v": {"$lt": 3, "$ne": 1}}, {"$or": [{"n": 1}, {"v": 2.0}]}, {"n": {"$in": [1, 2]}})
-    assert not any(is_conjunction(compile_filter(e, schema, quantizer)) for e in others)
+    assert not any(compile_filter(e, schema, quantizer).is_conjunction for e in others)
 
 
 def test_runs_hold_exactly_the_rows_inside_each_interval(ties):

@@ -22,7 +22,7 @@ import numpy as np
 
 from squash.attributes import MAX_BITS, AttributeQuantizer, AttributeSchema, AttrType
 from squash.errors import InvalidInputError
-from squash.filter.interval import Interval, conjunct_intervals
+from squash.filter.interval import Conjuncts, conjunct_intervals
 from squash.filter.parse import And, Compare, In, Not, Op, Or, Predicate, parse_filter
 
 NONE, PARTIAL, FULL = np.uint8(0), np.uint8(1), np.uint8(2)
@@ -93,7 +93,7 @@ class CompiledFilter:
         self.shape = tree_shape(self._root) if shape is None else shape
 
     @cached_property
-    def intervals(self) -> tuple[dict[int, Interval], int | None]:
+    def intervals(self) -> Conjuncts:
         """:func:`~squash.filter.interval.conjunct_intervals` of the predicate, for sorted-value lookups."""
         return conjunct_intervals(self.predicate)
 
@@ -106,6 +106,11 @@ class CompiledFilter:
             return None
         names = self.quantizer.schema.names
         return tuple((names[a], *interval.closed()) for a, interval in intervals.items())
+
+    @property
+    def is_conjunction(self) -> bool:
+        """Whether the predicate is exactly a conjunction of (at least one) ranges and equalities."""
+        return self._conjunction is not None
 
     def cell_states(self, codes: np.ndarray) -> np.ndarray:
         """Three-valued state per row: (n, A) uint8 codes -> (n,) uint8 of NONE, PARTIAL or FULL."""

@@ -19,19 +19,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from squash.filter import CompiledFilter
-from squash.search.postings import Postings, concat_ranges
+from squash.search.postings import Postings, gather_runs, sorted_pairs
 
 # A random gather of one value costs about this many comparisons of a whole column's values in order. It
 # depends on how much of the columns the caches hold; measured per filter, slice with its checks against
 # a full pass: 1M x 128 (90k-row partitions, float64, 4 attributes) 15-17; Fashion-MNIST (60k rows, int64,
 # 2 attributes) 4. Between them, 12 picks the faster side for every filter of the bench's workloads.
 GATHER_COST = 12
-
-
-def is_conjunction(compiled: CompiledFilter) -> bool:
-    """Whether ``compiled`` is exactly a conjunction of intervals (at least one): what this module answers."""
-    intervals, pure = compiled.intervals
-    return pure and bool(intervals)
 
 
 def conjunction_matches(
@@ -43,7 +37,8 @@ def conjunction_matches(
     batched_lookup: int,
     batch_rows: int,
 ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """(owner, rows): the rows matching each filter (all :func:`is_conjunction`), owners and rows ascending.
+    """(owner, rows): the rows matching each filter, owners and rows ascending. Every filter must be a
+    conjunction of intervals (:attr:`~squash.filter.CompiledFilter.is_conjunction`).
 
     ``postings(a)`` gives attribute a's postings, ``raw`` the raw columns by name; ``size`` is the
     partition's rows. Filters whose driver slice holds at most ``batched_lookup`` rows are read together in
@@ -89,18 +84,19 @@ def conjunction_matches(
     small = np.flatnonzero((count > 0) & (count <= batched_lookup))
     batch = np.cumsum(count[small]) // max(batch_rows, 1)
     for members in np.split(small, np.flatnonzero(np.diff(batch)) + 1) if len(small) else ():
-        owner, rows = _driver_rows(lists, driver[members], first, last, members)
+        mine = driver[members]
+        owner, rows = gather_runs(lambda j: lists[j].order, mine, members, first[mine, members], last[mine, members])
         for j in np.argsort(inside[:, members].sum(axis=1), kind="stable").tolist():
             at = np.flatnonzero(bounded[j, owner] & (driver[owner] != j))
             if not at.size:
                 continue
-            values, mine = columns[j][rows[at]], owner[at]
+            values, bounding = columns[j][rows[at]], owner[at]
             keep = np.ones(len(rows), dtype=bool)
-            keep[at] = (values >= lo[j, mine]) & (values <= hi[j, mine])
+            keep[at] = (values >= lo[j, bounding]) & (values <= hi[j, bounding])
             owner, rows = owner[keep], rows[keep]
-        key = np.sort(owner * max(size, 1) + rows)
-        owners.append(key // max(size, 1))
-        found.append(key % max(size, 1))
+        owner, rows = sorted_pairs(owner, rows, size)
+        owners.append(owner)
+        found.append(rows)
     if not found:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
     owner, rows = np.concatenate(owners), np.concatenate(found)
@@ -112,20 +108,3 @@ def _gathers(count: int, shares: NDArray[np.float64]) -> float:
     """Values gathered checking ``count`` driver rows attribute by attribute, if the attributes keep
     ``shares`` of the rows independently: every check reads the rows the previous ones kept."""
     return float(count * np.concatenate(([1.0], np.cumprod(shares[:-1]))).sum()) if len(shares) else 0.0
-
-
-def _driver_rows(
-    lists: Sequence[Postings],
-    driver: NDArray[np.int64],
-    first: NDArray[np.int64],
-    last: NDArray[np.int64],
-    members: NDArray[np.int64],
-) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """(owner, row) of every row in the driver slice of each member filter."""
-    owners, rows = [], []
-    for j in np.unique(driver).tolist():
-        mine = members[driver == j]
-        starts, stops = first[j, mine], last[j, mine]
-        rows.append(lists[j].order[concat_ranges(starts, stops)].astype(np.int64))
-        owners.append(np.repeat(mine, stops - starts))
-    return np.concatenate(owners), np.concatenate(rows)

@@ -7,7 +7,7 @@ cells by one binary search: a range narrower than a cell reads only the rows ins
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,31 @@ def concat_ranges(starts: NDArray[np.int64], stops: NDArray[np.int64]) -> NDArra
         return np.empty(0, dtype=np.int64)
     shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
     return shift + np.arange(total, dtype=np.int64)
+
+
+def sorted_pairs(
+    owner: NDArray[np.int64], rows: NDArray[np.int64], size: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """(owner, row) pairs, rows < ``size``, sorted by owner, then row."""
+    key = np.sort(owner * max(size, 1) + rows)
+    return key // max(size, 1), key % max(size, 1)
+
+
+def gather_runs(
+    order: Callable[[int], NDArray[np.int32]],
+    attribute: NDArray[np.int64],
+    owner: NDArray[np.int64],
+    starts: NDArray[np.int64],
+    stops: NDArray[np.int64],
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """(owner, row) of every row in the runs [starts[i], stops[i]) of ``order(attribute[i])``, the postings'
+    row order of attribute[i], each run labelled ``owner[i]``; grouped by attribute, rows in postings order."""
+    owners, rows = [], []
+    for a in np.unique(attribute).tolist():
+        at = attribute == a
+        rows.append(order(a)[concat_ranges(starts[at], stops[at])])
+        owners.append(np.repeat(owner[at], stops[at] - starts[at]))
+    return np.concatenate(owners), np.concatenate(rows).astype(np.int64)
 
 
 @dataclass(frozen=True)

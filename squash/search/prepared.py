@@ -12,8 +12,8 @@ from squash.filter import CompiledFilter
 from squash.filter.batch import drivers_many, matches_many
 from squash.model import PartitionData
 from squash.osq import CellTable, Rotation
-from squash.search.conjunctions import conjunction_matches, is_conjunction
-from squash.search.postings import DriverBounds, Postings, concat_ranges
+from squash.search.conjunctions import conjunction_matches
+from squash.search.postings import DriverBounds, Postings, concat_ranges, gather_runs, sorted_pairs
 
 _CODES = 256
 # Leading rotated dimensions kept exactly in memory for the prefix bound; the KLT packs most of the
@@ -155,7 +155,7 @@ class PreparedPartition:
         of intervals are read from sorted posting lists (:mod:`squash.search.conjunctions`); other filters
         are narrowed through their code-level tree (:meth:`_tree_candidates`).
         """
-        simple = np.array([is_conjunction(compiled) for compiled in filters], dtype=bool)
+        simple = np.array([compiled.is_conjunction for compiled in filters], dtype=bool)
         owners, found = [np.empty(0, dtype=np.int64)], [np.empty(0, dtype=np.int64)]
         for chosen, answer in (
             (np.flatnonzero(simple), self._conjunction_candidates),
@@ -227,7 +227,7 @@ class PreparedPartition:
             owner, rows = self._gather(attribute, pair_filter[pairs], starts[pairs], stops[pairs])
             keep = matches_many(filters, data.attr_codes, data.attr_raw, owner, rows)
             owner, rows = owner[keep], rows[keep]
-            owner, rows = _sorted_pairs(owner, rows, self.size)
+            owner, rows = sorted_pairs(owner, rows, self.size)
             owners.append(owner)
             found.append(rows)
         if not found:
@@ -262,22 +262,9 @@ class PreparedPartition:
     ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """(owner, row) of every row in the runs [starts, stops) of the pairs' driver postings (built by
         :meth:`_runs`), grouped by owner in ascending order; rows are in postings order (sort what survives)."""
-        owners, rows = [], []
         pair_attribute = attribute[pair_filter]
-        for a in np.unique(pair_attribute).tolist():
-            at = pair_attribute == a
-            rows.append(self._postings[a].order[concat_ranges(starts[at], stops[at])])
-            owners.append(np.repeat(pair_filter[at], stops[at] - starts[at]))
-        owner, row = np.concatenate(owners), np.concatenate(rows).astype(np.int64)
-        if len(owners) > 1:
+        owner, row = gather_runs(lambda a: self._postings[a].order, pair_attribute, pair_filter, starts, stops)
+        if (pair_attribute != pair_attribute[0]).any():  # several drivers: regroup by owner
             by_owner = np.argsort(owner, kind="stable")
             owner, row = owner[by_owner], row[by_owner]
         return owner, row
-
-
-def _sorted_pairs(
-    owner: NDArray[np.int64], rows: NDArray[np.int64], size: int
-) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """(owner, row) pairs sorted by owner, then row."""
-    key = np.sort(owner * max(size, 1) + rows)
-    return key // max(size, 1), key % max(size, 1)
