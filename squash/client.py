@@ -211,9 +211,9 @@ class Client:
         )
         responses: list[CoordinatorResponse] = []
         for part, event in split_request(request, self.config.payload_limit, self._functions):
-            if responses and part.index.version is None:
-                # Later slices of a split batch must search the version the first one found.
-                part = replace(part, index=IndexRef(self.uri, responses[0].version))
+            if responses:
+                # Later slices of a split batch must search the build the first one found.
+                part = replace(part, index=IndexRef(self.uri, responses[0].version, responses[0].build))
                 event = part.to_event()
             responses.append(self._call(part, event, deadline))
         response = CoordinatorResponse.concat(responses)

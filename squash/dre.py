@@ -117,5 +117,9 @@ class MeteredStore:
         self.lists += 1
         return self.inner.list(prefix)
 
+    def list_info(self, prefix: str = "") -> list[ObjectInfo]:
+        self.lists += 1
+        return self.inner.list_info(prefix)
+
     def delete(self, key: str) -> None:
         self.inner.delete(key)

@@ -5,6 +5,7 @@
     │   ├── FilterError            malformed filter or one that does not fit the schema
     │   └── LimitExceededError     k, batch size, dimensions or payload over a documented limit
     ├── IndexNotFoundError         no index (manifest) at the given URI
+    ├── IndexChangedError          the index was deleted and built again while a query used it
     ├── IndexExistsError           an index already exists where a build would write
     ├── StorageError               object-store failures
     │   ├── ObjectNotFoundError    a key that does not exist
@@ -40,6 +41,10 @@ class LimitExceededError(InvalidInputError):
 
 class IndexNotFoundError(SquashError):
     """No index manifest exists at the given location."""
+
+
+class IndexChangedError(SquashError):
+    """The index version a query pinned now belongs to another build (deleted and built again meanwhile)."""
 
 
 class IndexExistsError(SquashError):

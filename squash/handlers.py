@@ -37,8 +37,8 @@ from squash.compute.base import Invoker, call
 from squash.compute.retry import Attempts, Deadline, FanOut, RetryPolicy, retrying
 from squash.config import RuntimeConfig
 from squash.dre import LruCache, MeteredStore
-from squash.errors import IndexNotFoundError, InvalidInputError, SquashError
-from squash.format import StoredIndex, list_versions, open_index
+from squash.errors import InvalidInputError, SquashError
+from squash.format import StoredIndex, find_manifest, index_changed, open_index
 from squash.model import IndexMeta
 from squash.protocol import (
     COUNTERS,
@@ -69,6 +69,8 @@ from squash.tree import TreeShape, choose_shape
 
 # Index metadata versions a container keeps (a rebuild adds one; old ones age out).
 _INDEXES_KEPT = 4
+# Published manifests (uri, version, etag) whose build id a coordinator remembers: a few strings each.
+_MANIFESTS_KEPT = 64
 # Threads of this process allowed in numpy-heavy sections at once (never across a wait for an invocation).
 # On Lambda a container runs one invocation, so this never binds. In process, hundreds of node threads would
 # otherwise call BLAS together: OpenBLAS caps concurrent callers (numpy's wheels at 64, past which it warns
@@ -94,9 +96,13 @@ _METRIC_UNITS = {name: "Seconds" for name in COUNTERS if name.endswith("seconds"
 class HandlerContext:
     """One function container's lasting state (its module-level state on Lambda) and what it calls.
 
-    ``indexes`` caches opened index metadata by (uri, version); ``partitions`` caches prepared partitions
-    by (uri, version, partition) under ``config.cache_budget`` bytes, evicting the least recently used.
-    ``emit`` receives each invocation's own counters (the Lambda apps publish them as metrics).
+    Caches are keyed by what they hold, the build id, never by the version alone: versions restart at 1
+    when an index is deleted and built again at the same address. ``indexes`` caches opened index metadata
+    by (uri, version, build); ``partitions`` caches prepared partitions by (uri, build, partition) under
+    ``config.cache_budget`` bytes, evicting the least recently used; ``builds`` remembers the build of each
+    published manifest (uri, version, etag) a coordinator has seen, so a warm request checks its index with
+    one listing (or HEAD) and no read. ``emit`` receives each invocation's own counters (the Lambda apps
+    publish them as metrics).
     """
 
     role: str
@@ -106,10 +112,12 @@ class HandlerContext:
     open_store: Callable[[str], ObjectStore] = open_store
     emit: Callable[[Mapping[str, float]], None] | None = None
     indexes: LruCache[StoredIndex] = field(init=False)
+    builds: LruCache[str] = field(init=False)
     partitions: LruCache[PreparedPartition] = field(init=False)
 
     def __post_init__(self) -> None:
         self.indexes = LruCache(_INDEXES_KEPT, lambda _: 1)
+        self.builds = LruCache(_MANIFESTS_KEPT, lambda _: 1)
         self.partitions = LruCache(self.config.cache_budget, lambda p: p.nbytes)
         self._stores: dict[str, ObjectStore] = {}
         self._invocations = 0
@@ -152,26 +160,51 @@ class _Invocation:
         self.meter = MeteredStore(ctx.store(uri))
         self.counters: defaultdict[str, float] = defaultdict(int)
         self.attempts = Attempts()
-        self._indexes: dict[IndexRef, StoredIndex] = {}
+        self._indexes: dict[tuple[str, int | None, str | None], StoredIndex] = {}
 
     def add(self, **values: float) -> None:
         for name, value in values.items():
             self.counters[name] += value
 
-    def index(self, ref: IndexRef, *, count_hits: bool = True) -> StoredIndex:
-        """The index at ``ref`` (version pinned), from the container's cache when warm."""
-        if ref in self._indexes:
-            return self._indexes[ref]
-        started = time.perf_counter()
-        stored, hit, _ = self.ctx.indexes.get(
-            (ref.uri, ref.version),
-            lambda: replace(open_index(self.meter, ref.version), store=self.meter.inner),
+    def resolve(self, ref: IndexRef) -> IndexRef:
+        """Pin the latest (or the caller's) version and its build: one listing, or one HEAD if pinned.
+
+        The manifest is read only when this container has not seen that (version, etag) before, so an
+        index deleted and rebuilt at the same address is found at once and never served from the old cache.
+        """
+        published = find_manifest(self.meter, ref.version)
+        build, _, _ = self.ctx.builds.get(
+            (ref.uri, published.version, published.etag), lambda: self._open(ref.uri, published.version)
         )
-        self.add(load_seconds=time.perf_counter() - started)
-        if count_hits:
-            self.add(cache_hits=int(hit), cache_misses=int(not hit))
-        self._indexes[ref] = replace(stored, store=self.meter)
-        return self._indexes[ref]
+        if ref.build is not None and ref.build != build:
+            # A later slice of a split batch: the index was rebuilt after the first slice was answered.
+            raise index_changed(ref.uri, published.version, build, ref.build)
+        return IndexRef(ref.uri, published.version, build)
+
+    def index(self, ref: IndexRef, *, count_hits: bool = True) -> StoredIndex:
+        """The index at ``ref`` (version and build pinned), from the container's cache when warm."""
+        key = (ref.uri, ref.version, ref.build)
+        if key not in self._indexes:
+            started = time.perf_counter()
+            stored, hit, _ = self.ctx.indexes.get(key, lambda: self._load(ref.version, ref.build))
+            self.add(load_seconds=time.perf_counter() - started)
+            if count_hits:
+                self.add(cache_hits=int(hit), cache_misses=int(not hit))
+            self._indexes[key] = replace(stored, store=self.meter)
+        return self._indexes[key]
+
+    def _open(self, uri: str, version: int) -> str:
+        """Read a manifest this container has not seen, cache the index under its build; return the build."""
+        started = time.perf_counter()
+        stored = self._load(version, None)
+        key = (uri, version, stored.build_id)
+        cached, _, _ = self.ctx.indexes.get(key, lambda: stored)
+        self.add(load_seconds=time.perf_counter() - started, cache_misses=1)
+        self._indexes[key] = replace(cached, store=self.meter)
+        return stored.build_id
+
+    def _load(self, version: int | None, build: str | None) -> StoredIndex:
+        return replace(open_index(self.meter, version, build=build), store=self.meter.inner)
 
     def note_child(self, metrics: Metrics) -> None:
         """Remember a child's modelled duration (the largest ``critical_ms`` in its subtree is its own)."""
@@ -387,23 +420,11 @@ def _deadline(request: CoordinatorRequest | AllocatorRequest | ProcessorRequest)
     return deadline
 
 
-def _resolve(inv: _Invocation, ref: IndexRef) -> IndexRef:
-    """Pin the latest version (one list request) unless the caller pinned one."""
-    if ref.version is not None:
-        return ref
-    versions = list_versions(inv.meter)
-    if not versions:
-        raise IndexNotFoundError(
-            f"no index at {ref.uri}: no manifest found; build one with squash.build_index or `squash build`"
-        )
-    return IndexRef(ref.uri, versions[-1])
-
-
 def coordinate(request: CoordinatorRequest, ctx: HandlerContext) -> CoordinatorResponse:
     """Answer a client's batch: pin the version, validate, run the tree, gather results and metrics."""
     inv = _Invocation(ctx, request.index.uri)
     deadline = _deadline(request)
-    ref = _resolve(inv, request.index)
+    ref = inv.resolve(request.index)
     meta = inv.index(ref).meta
     # Normalise (cosine) once here; allocators and processors search exactly these vectors.
     queries = prepare_queries(request.queries, meta)
@@ -424,6 +445,7 @@ def coordinate(request: CoordinatorRequest, ctx: HandlerContext) -> CoordinatorR
         share.stats,
         metrics,
         version=ref.version,
+        build=ref.build,
         shape=shape,
         complete=share.complete,
         missing=tuple(share.missing),
@@ -442,7 +464,7 @@ def allocate(request: AllocatorRequest, ctx: HandlerContext) -> AllocatorRespons
 
 
 def process(request: ProcessorRequest, ctx: HandlerContext) -> ProcessorResponse:
-    """Search one partition, loaded once per container and version and kept warm (DRE)."""
+    """Search one partition, loaded once per container and build and kept warm (DRE)."""
     inv = _Invocation(ctx, request.index.uri)
     stored = inv.index(request.index, count_hits=False)
     meta, pid = stored.meta, request.partition
@@ -457,7 +479,7 @@ def process(request: ProcessorRequest, ctx: HandlerContext) -> ProcessorResponse
             deadline.check(f"searching partition {pid}")
         started = time.perf_counter()
         part, hit, evicted = ctx.partitions.get(
-            (request.index.uri, stored.version, pid), lambda: PreparedPartition(stored.load_partition(pid))
+            (request.index.uri, request.index.build, pid), lambda: PreparedPartition(stored.load_partition(pid))
         )
         loaded = time.perf_counter()
         result = search_partition(part, request.queries, filters, request.k, params, meta.metric, request.probes)

@@ -2,7 +2,7 @@
 
 Every message is a JSON object, the Lambda event or response::
 
-    {"squash": 1, "kind": "processor_request", "index": {"uri": ..., "version": 3}, "k": 10, ...,
+    {"squash": 1, "kind": "processor_request", "index": {"uri": ..., "version": 3, "build": ...}, "k": 10, ...,
      "arrays": "<base64 of msgpack>"}
 
 Bulk numbers never travel as JSON lists: ``arrays`` is the base64 text of one msgpack map from name to
@@ -12,8 +12,8 @@ for float32, and decodes with one ``numpy.frombuffer``.
 
 Filters travel as their JSON, deduplicated: ``filters`` lists the distinct expressions and the int32 array
 ``filter_of`` says which one each query uses. Receivers compile them against the index schema, so a filter
-is validated again where it is used; no bitmap ever crosses the wire. Every request names the index by URI
-and manifest version, so a rebuilt index is never served from a stale cache.
+is validated again where it is used; no bitmap ever crosses the wire. Every request names the index by URI,
+manifest version and build id, so a rebuilt index is never served from a stale cache.
 
 Requests may carry ``deadline_ms`` (absolute epoch milliseconds; null or absent: none) by which the receiver
 must answer. Responses carry a per-query ``complete`` flag (bool array) and ``missing``, the partitions that
@@ -41,6 +41,7 @@ from numpy.typing import NDArray
 
 from squash.errors import InvalidInputError, LimitExceededError
 from squash.filter import CompiledFilter
+from squash.format.keys import MAX_VERSION, is_build_id
 from squash.model import IndexMeta
 from squash.search.params import SearchParams, check_k
 from squash.search.queries import MAX_BATCH, canonical_filter, compile_filters
@@ -191,27 +192,41 @@ class _Event:
 
 @dataclass(frozen=True)
 class IndexRef:
-    """Where the index lives and which manifest version every node must search (None: the latest)."""
+    """Where the index lives and which published manifest every node must search.
+
+    ``version`` None means the latest. ``build`` is the build id of that manifest: versions restart at 1 when
+    an index is deleted and built again at the same address, so caches are keyed by the build, which never
+    repeats. The coordinator pins both before it invokes anything; allocators and processors require both.
+    """
 
     uri: str
     version: int | None = None
+    build: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"uri": self.uri, "version": self.version}
+        return {"uri": self.uri, "version": self.version, "build": self.build}
 
     @classmethod
     def from_json(cls, value: object, kind: str, *, pinned: bool) -> IndexRef:
-        if not isinstance(value, dict) or set(value) != {"uri", "version"}:
-            raise _fail(kind, "index", "must be an object with exactly the keys uri and version")
-        uri, version = value["uri"], value["version"]
+        if not isinstance(value, dict) or set(value) != {"uri", "version", "build"}:
+            raise _fail(kind, "index", "must be an object with exactly the keys uri, version and build")
+        uri, version, build = value["uri"], value["version"], value["build"]
         if not isinstance(uri, str) or not uri:
             raise _fail(kind, "index.uri", f"must be a non-empty string, got {uri!r}")
-        if version is None and not pinned:
+        if not pinned and version is None and build is None:
             return cls(uri)
-        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            need = "a positive integer" if pinned else "null or a positive integer"
+        if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
+            need = f"an integer in 1..{MAX_VERSION}" if pinned or build is not None else "null or a positive integer"
             raise _fail(kind, "index.version", f"must be {need}, got {version!r}")
-        return cls(uri, version)
+        if build is None and not pinned:
+            return cls(uri, version)
+        if not is_build_id(build):
+            raise _fail(kind, "index.build", f"must be a build id such as 20250101T120000Z-0123456789ab, got {build!r}")
+        return cls(uri, version, build)
+
+    @property
+    def pinned(self) -> bool:
+        return self.version is not None and self.build is not None
 
 
 @dataclass(frozen=True, eq=False)
@@ -397,8 +412,8 @@ class AllocatorRequest(_Batch):
 
     def __post_init__(self) -> None:
         _check_batch(self.KIND, self.queries, self.filters, self.k, self.knobs)
-        if self.index.version is None:
-            raise _fail(self.KIND, "index.version", "must be pinned")
+        if not self.index.pinned:
+            raise _fail(self.KIND, "index", "must pin the version and build")
         if not 1 <= self.level <= self.shape.depth:
             raise _fail(self.KIND, "level", f"must be in 1..{self.shape.depth}, got {self.level}")
         if not 0 <= self.node < self.shape.allocators:
@@ -436,8 +451,8 @@ class ProcessorRequest(_Batch):
 
     def __post_init__(self) -> None:
         _check_batch(self.KIND, self.queries, self.filters, self.k, self.knobs)
-        if self.index.version is None:
-            raise _fail(self.KIND, "index.version", "must be pinned")
+        if not self.index.pinned:
+            raise _fail(self.KIND, "index", "must pin the version and build")
         probes = self.probes
         if probes.dtype != _I32 or probes.shape != (self.n_queries,) or (probes < 1).any():
             raise _fail(self.KIND, "probes", f"must be {self.n_queries} int32 list counts, each at least 1")
@@ -607,37 +622,41 @@ class AllocatorResponse(_Results):
 
 @dataclass(frozen=True, eq=False)
 class CoordinatorResponse(_Results):
-    """Also says which index version answered and the tree that did (depth 0: no allocators)."""
+    """Also says which index version (and build) answered and the tree that did (depth 0: no allocators)."""
 
     KIND: ClassVar[str] = "coordinator_response"
     version: int
+    build: str
     shape: TreeShape
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 1:
-            raise _fail(self.KIND, "version", f"must be a positive integer, got {self.version!r}")
+        if isinstance(self.version, bool) or not isinstance(self.version, int) or not 1 <= self.version <= MAX_VERSION:
+            raise _fail(self.KIND, "version", f"must be an integer in 1..{MAX_VERSION}, got {self.version!r}")
+        if not is_build_id(self.build):
+            raise _fail(self.KIND, "build", f"must be a build id, got {self.build!r}")
 
     def to_event(self) -> dict[str, Any]:
         return {
             **self._results_event(),
             "version": self.version,
+            "build": self.build,
             "branching": self.shape.branching,
             "depth": self.shape.depth,
         }
 
     @classmethod
     def from_event(cls, event: object) -> CoordinatorResponse:
-        e = _Event(event, cls.KIND, ("metrics", "missing", "arrays", "version", "branching", "depth"))
+        e = _Event(event, cls.KIND, ("metrics", "missing", "arrays", "version", "build", "branching", "depth"))
         shape = TreeShape(e.int("branching", 1), e.int("depth", 0))
-        return cls(**cls._results_fields(e), version=e.int("version", 1), shape=shape)
+        return cls(**cls._results_fields(e), version=e.int("version", 1, MAX_VERSION), build=e["build"], shape=shape)
 
     @classmethod
     def concat(cls, parts: Sequence[CoordinatorResponse]) -> CoordinatorResponse:
-        versions = {p.version for p in parts}
-        if len(versions) != 1:
-            raise InvalidInputError(f"parts of one batch were answered by different index versions {versions}")
-        return cls(**cls._joined(parts), version=parts[0].version, shape=parts[0].shape)
+        answered = {(p.version, p.build) for p in parts}
+        if len(answered) != 1:
+            raise InvalidInputError(f"parts of one batch were answered by different index builds {sorted(answered)}")
+        return cls(**cls._joined(parts), version=parts[0].version, build=parts[0].build, shape=parts[0].shape)
 
 
 RESPONSES: dict[type, type[_Results]] = {

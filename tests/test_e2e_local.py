@@ -133,6 +133,27 @@ def test_warm_query_reads_nothing_on_processors(deployment: Deployment) -> None:
     assert second.info["processor.gets"] == second.info["processor.bytes_read"] == 0
 
 
+def test_rebuilt_index_is_never_served_from_warm_containers(deployment: Deployment) -> None:
+    # `aws s3 rm --recursive` then a new build at the same URI: versions restart at 1, and warm coordinator,
+    # allocator and processor containers must search the new build, not their caches of the deleted one.
+    uri = f"s3://{BUCKET}/indexes/rebuild"
+    base, attrs, queries = _build(uri, 1600, seed=2)
+    client = deployment.client(uri)
+    tree = {"branching": 2, "depth": 1, "exact": True}
+    client.query_batch(queries, k=10, filter=FILTERS[1], **tree)
+    deployment.stack.wait_idle()  # a hedged call still running would fail on the deleted objects
+    s3 = deployment.stack.client("s3")
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="indexes/rebuild/"):
+        for item in page.get("Contents", ()):
+            s3.delete_object(Bucket=BUCKET, Key=item["Key"])
+    base, attrs, _ = _build(uri, 400, seed=3)
+    result = client.query_batch(queries, k=10, filter=FILTERS[1], **tree)
+    deployment.stack.wait_idle()
+    assert result.info["version"] == 1 and result.info["processor.cold"] == 0  # warm containers, new build
+    truth, _ = exact_knn(base, queries, 10, _mask(FILTERS[1], attrs))
+    np.testing.assert_array_equal(result.ids, truth)
+
+
 def test_service_counters_match_reported_metrics(deployment: Deployment) -> None:
     client = deployment.client()
     # Warm first: a slow cold call could be hedged. A hedge's losing invocation reports no metrics and is

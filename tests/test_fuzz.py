@@ -41,6 +41,7 @@ from squash.validation import as_vectors
 
 DIM = 8
 N = 300
+BUILD = "20260101T000000Z-000000000000"  # a well-formed build id for hand-made requests
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 COUNTS: dict[str, int] = {}
 
@@ -193,15 +194,15 @@ def _events() -> dict[type, dict[str, Any]]:
     return {
         CoordinatorRequest: CoordinatorRequest(IndexRef("memory://x"), queries, fs, 3, {}, deadline_ms=5).to_event(),
         AllocatorRequest: AllocatorRequest(
-            IndexRef("memory://x", 1), queries, fs, 3, {}, TreeShape(2, 1), node=1, level=1
+            IndexRef("memory://x", 1, BUILD), queries, fs, 3, {}, TreeShape(2, 1), node=1, level=1
         ).to_event(),
         ProcessorRequest: ProcessorRequest(
-            IndexRef("memory://x", 1), queries, fs, 3, {}, partition=0, probes=np.ones(len(queries), np.int32)
+            IndexRef("memory://x", 1, BUILD), queries, fs, 3, {}, partition=0, probes=np.ones(len(queries), np.int32)
         ).to_event(),
         ProcessorResponse: ProcessorResponse(ids, dists, stats, metrics).to_event(),
         AllocatorResponse: AllocatorResponse(ids, dists, stats, metrics).to_event(),
         CoordinatorResponse: CoordinatorResponse(
-            ids, dists, stats, metrics, version=1, shape=TreeShape(1, 0)
+            ids, dists, stats, metrics, version=1, build=BUILD, shape=TreeShape(1, 0)
         ).to_event(),
     }
 

@@ -8,7 +8,13 @@ from typing import Any
 
 from numpy.typing import NDArray
 
-from squash.errors import CorruptObjectError, IndexNotFoundError, InvalidInputError, ObjectNotFoundError
+from squash.errors import (
+    CorruptObjectError,
+    IndexChangedError,
+    IndexNotFoundError,
+    InvalidInputError,
+    ObjectNotFoundError,
+)
 from squash.format import partition_object, routing
 from squash.format.keys import MANIFEST_PREFIX, manifest_key, manifest_version
 from squash.format.manifest import Manifest, ObjectEntry, decode_manifest
@@ -23,6 +29,61 @@ def list_versions(store: ObjectStore) -> list[int]:
     return sorted(v for v in versions if v)
 
 
+@dataclass(frozen=True)
+class Published:
+    """A published manifest as a listing shows it: its version and the etag that changes if it is rewritten.
+
+    Versions restart at 1 when an index is deleted and built again at the same address, so the version alone
+    does not identify what a cache holds; the pair does (the new manifest names another build).
+    """
+
+    version: int
+    etag: str
+
+
+def _no_index(store: ObjectStore) -> IndexNotFoundError:
+    return IndexNotFoundError(
+        f"no index at {store.uri}: no manifest under {MANIFEST_PREFIX!r}; build one with "
+        "squash.build_index or `squash build`"
+    )
+
+
+def _no_version(store: ObjectStore, version: int) -> IndexNotFoundError:
+    available = ", ".join(map(str, list_versions(store))) or "none"
+    return IndexNotFoundError(f"index at {store.uri} has no version {version} (available: {available})")
+
+
+def _check_version(version: object) -> int:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise InvalidInputError(f"index version must be a positive integer, got {version!r}")
+    return version
+
+
+def index_changed(uri: str, version: int, build: str, expected: str) -> IndexChangedError:
+    return IndexChangedError(
+        f"the index at {uri} was rebuilt: version {version} is now build {build}, not {expected}; "
+        "retry the query to search the new index"
+    )
+
+
+def find_manifest(store: ObjectStore, version: int | None = None) -> Published:
+    """The latest (or the pinned) published manifest, with one request: a listing, or a HEAD when pinned.
+
+    Raises:
+        IndexNotFoundError: there is no index at ``store``, or not that version.
+    """
+    if version is None:
+        published = [(manifest_version(i.key), i.etag) for i in store.list_info(MANIFEST_PREFIX)]
+        found = max(((v, etag) for v, etag in published if v), default=None)
+        if found is None:
+            raise _no_index(store)
+        return Published(*found)
+    try:
+        return Published(version, store.head(manifest_key(_check_version(version))).etag)
+    except ObjectNotFoundError:
+        raise _no_version(store, version) from None
+
+
 def load_manifest(store: ObjectStore, version: int | None = None) -> Manifest:
     """The manifest of ``version``, or of the latest version when None.
 
@@ -33,30 +94,28 @@ def load_manifest(store: ObjectStore, version: int | None = None) -> Manifest:
     if version is None:
         versions = list_versions(store)
         if not versions:
-            raise IndexNotFoundError(
-                f"no index at {store.uri}: no manifest under {MANIFEST_PREFIX!r}; build one with "
-                "squash.build_index or `squash build`"
-            )
+            raise _no_index(store)
         version = versions[-1]
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise InvalidInputError(f"index version must be a positive integer, got {version!r}")
-    key = manifest_key(version)
+    key = manifest_key(_check_version(version))
     try:
         data = store.get(key)
     except ObjectNotFoundError:
-        available = ", ".join(map(str, list_versions(store))) or "none"
-        raise IndexNotFoundError(f"index at {store.uri} has no version {version} (available: {available})") from None
+        raise _no_version(store, version) from None
     return decode_manifest(data, key, version)
 
 
-def open_index(store_or_uri: ObjectStore | str, version: int | None = None) -> StoredIndex:
+def open_index(store_or_uri: ObjectStore | str, version: int | None = None, *, build: str | None = None) -> StoredIndex:
     """Open the latest (or a pinned) version of the index at ``store_or_uri``: 3 requests (2 if pinned).
 
+    With ``build``, the version must still be that build: an index deleted and built again at the same
+    address publishes its versions anew under other build ids, and `IndexChangedError` says so.
     Partition objects are read only when asked for, with `StoredIndex.load_partition` or
     `StoredIndex.load_sections`; ``store.stats`` counts every byte read.
     """
     store = open_store(store_or_uri) if isinstance(store_or_uri, str) else store_or_uri
     manifest = load_manifest(store, version)
+    if build is not None and manifest.build_id != build:
+        raise index_changed(store.uri, manifest.version, manifest.build_id, build)
     entry = manifest.routing
     data = _get_whole(store, entry)
     header, codes, lists = routing.decode_routing(data, entry.key, manifest.sizes)
@@ -94,6 +153,10 @@ class StoredIndex:
     @property
     def version(self) -> int:
         return self.manifest.version
+
+    @property
+    def build_id(self) -> str:
+        return self.manifest.build_id
 
     def _entry(self, partition: int) -> ObjectEntry:
         if isinstance(partition, bool) or not 0 <= partition < self.manifest.n_partitions:

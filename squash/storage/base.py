@@ -119,6 +119,14 @@ class ObjectStore(Protocol):
         """Return the keys that start with ``prefix``, relative to the store root, sorted."""
         ...
 
+    def list_info(self, prefix: str = "") -> list[ObjectInfo]:
+        """Return the metadata of the objects whose keys start with ``prefix``, sorted by key.
+
+        One listing request, as `list` (S3 lists sizes and ETags with the keys), so a reader can tell that an
+        object was rewritten without reading it.
+        """
+        ...
+
     def delete(self, key: str) -> None:
         """Remove the object; deleting a missing key is not an error."""
         ...

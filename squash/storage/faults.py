@@ -92,6 +92,11 @@ class FaultInjectingStore:
         self._fire("list", prefix)
         return self.inner.list(prefix)
 
+    def list_info(self, prefix: str = "") -> list[ObjectInfo]:
+        # The same listing request as `list`, so the same faults fire.
+        self._fire("list", prefix)
+        return self.inner.list_info(prefix)
+
     def delete(self, key: str) -> None:
         self._fire("delete", key)
         self.inner.delete(key)

@@ -148,6 +148,19 @@ class LocalStore:
             )
         return sorted(keys)
 
+    def list_info(self, prefix: str = "") -> list[ObjectInfo]:
+        """Return the metadata of the files whose keys start with ``prefix``, sorted by key."""
+        infos = []
+        for key in self.list(prefix):
+            path = self._path(key)
+            try:
+                infos.append(_info(key, os.stat(path)))
+            except FileNotFoundError:
+                continue  # deleted since it was listed, as an S3 listing may also be outdated by a delete
+            except OSError as e:
+                raise StorageError(f"cannot list {prefix!r} in {self.uri}: {e}", key=key) from e
+        return infos
+
     def delete(self, key: str) -> None:
         """Remove the file if it exists."""
         path = self._path(key)

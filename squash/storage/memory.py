@@ -106,6 +106,13 @@ class MemoryStore:
         with self._ns.lock:
             return sorted(k for k in self._ns.objects if k.startswith(prefix))
 
+    def list_info(self, prefix: str = "") -> list[ObjectInfo]:
+        """Return the metadata of the objects whose keys start with ``prefix``, sorted by key."""
+        check_prefix(prefix)
+        with self._ns.lock:
+            found = [(k, v) for k, v in self._ns.objects.items() if k.startswith(prefix)]
+        return [ObjectInfo(k, len(data), etag) for k, (data, etag) in sorted(found)]
+
     def delete(self, key: str) -> None:
         """Remove the object if it exists."""
         check_key(key)

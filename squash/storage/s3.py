@@ -169,12 +169,19 @@ class S3Store:
 
     def list(self, prefix: str = "") -> list[str]:
         """Return the keys that start with ``prefix``, relative to the store prefix, sorted."""
+        return [info.key for info in self.list_info(prefix)]
+
+    def list_info(self, prefix: str = "") -> list[ObjectInfo]:
+        """Return each listed object's key, size and ETag (ListObjectsV2 returns all three), sorted by key."""
         full_prefix = self._object_key(check_prefix(prefix))
-        keys: list[str] = []
+        infos: list[ObjectInfo] = []
         with self._translated("ListObjectsV2", prefix):
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full_prefix):
-                keys.extend(item["Key"][len(self._root) :] for item in page.get("Contents", ()))
-        return sorted(keys)
+                infos.extend(
+                    ObjectInfo(item["Key"][len(self._root) :], item["Size"], item["ETag"].strip('"'))
+                    for item in page.get("Contents", ())
+                )
+        return sorted(infos, key=lambda info: info.key)
 
     def delete(self, key: str) -> None:
         """Remove the object; S3 does not report missing keys."""
