@@ -138,6 +138,20 @@ def test_list_with_prefixes(store: ObjectStore) -> None:
     assert store.list("nope/deeper/") == []
 
 
+def test_list_info_matches_list_and_head(store: ObjectStore) -> None:
+    for key in ["m/v1", "m/v2", "other"]:
+        store.put(key, key.encode() * 3)
+    infos = store.list_info("m/")
+    assert [i.key for i in infos] == store.list("m/") == ["m/v1", "m/v2"]
+    assert infos == [store.head("m/v1"), store.head("m/v2")]
+    assert [i.size for i in infos] == [12, 12]
+    store.delete("m/v1")
+    store.put("m/v1", b"rewritten!!!")  # same size: only the etag tells the new object from the old
+    again = store.list_info("m/")
+    assert again[0].size == 12 and again[0].etag != infos[0].etag and again[1] == infos[1]
+    assert store.list_info("zzz/") == []
+
+
 def test_delete(store: ObjectStore) -> None:
     store.put("d/1", b"x")
     store.put("d/2", b"y")
