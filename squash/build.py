@@ -15,6 +15,7 @@ from numpy.typing import NDArray
 from threadpoolctl import threadpool_limits
 
 from squash.attributes import AttributeQuantizer, normalize_attributes
+from squash.calibration import DEFAULT_TARGET, calibrate, check_target
 from squash.errors import InvalidInputError
 from squash.model import IndexMeta, Metric, PartitionData
 from squash.osq import OSQ
@@ -83,9 +84,12 @@ def build_in_memory(
     bits_per_dim: float = 4.0,
     seed: int = 0,
     workers: int | None = None,
+    target_recall: float = DEFAULT_TARGET,
 ) -> tuple[IndexMeta, list[PartitionData]]:
-    """Build the routing data and every partition of an index from arrays in memory."""
+    """Build the routing data and every partition of an index from arrays in memory, then calibrate its
+    search effort to reach ``target_recall`` (`squash.calibration`)."""
     metric = Metric.parse(metric)
+    target_recall = check_target(target_recall)
     x = prepare_vectors(vectors, metric)
     stored = rerank_storage(vectors, x, metric)
     n, d = x.shape
@@ -143,4 +147,5 @@ def build_in_memory(
         list_centroids=tuple(part.list_centroids for part in parts),
         params={"bits_per_dim": float(bits_per_dim), "seed": int(seed), "partitions": int(p)},
     )
-    return meta, parts
+    with threadpool_limits(limits=1):  # measured as a processor runs: one thread
+        return calibrate(meta, parts, x, raw, target=target_recall, seed=seed), parts

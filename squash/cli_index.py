@@ -37,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--partitions", type=int, help="number of partitions (default: about 100k vectors each)")
     build.add_argument("--bits-per-dim", type=float, default=4.0, help="average OSQ bits per dimension (default 4)")
     build.add_argument("--seed", type=int, default=0)
+    build.add_argument(
+        "--target-recall", type=float, default=0.95, help="recall@10 the calibrated defaults aim for (default 0.95)"
+    )
     build.add_argument("--workers", type=int, help="threads for the build (default: one per core)")
     build.add_argument("--overwrite", action="store_true", help="publish a new version over an existing index")
     build.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -61,6 +64,7 @@ def _build(args: argparse.Namespace) -> int:
         seed=args.seed,
         workers=args.workers,
         progress=not args.quiet,
+        target_recall=args.target_recall,
     )
     print(
         f"built {report.uri} version {report.version}: {report.n_vectors} vectors x {report.dim} dims, "
@@ -87,7 +91,8 @@ def _info(args: argparse.Namespace) -> int:
         f"(raw vectors alone: {raw} bytes/vector)",
         f"routing      {_size(m.routing.size)}",
         "attributes   " + (", ".join(_attribute(f) for f in m.schema.fields) or "none"),
-        "parameters   " + ", ".join(f"{k}={v}" for k, v in sorted(m.params.items())),
+        "parameters   " + ", ".join(f"{k}={v}" for k, v in sorted(m.params.items()) if k != "calibration"),
+        *_calibration(m.params.get("calibration")),
     ]
     seconds = m.build.get("seconds")
     if isinstance(seconds, dict):
@@ -96,6 +101,22 @@ def _info(args: argparse.Namespace) -> int:
     lines.extend(f"{i:>9} {e.rows:>12} {e.size:>12}" for i, e in enumerate(m.partitions))
     print("\n".join(lines))
     return 0
+
+
+def _calibration(calibration: Any) -> list[str]:
+    """The calibration table: recall@k per effort rung for each kind of query, and its cost."""
+    if not isinstance(calibration, dict):
+        return ["calibration  none (built before calibration existed: effort knobs at their defaults)"]
+    lines = [
+        f"calibration  target recall@{calibration['k']} {calibration['target']}, "
+        f"{calibration['sample']} sample queries per kind, {calibration['seconds']:.1f} s"
+    ]
+    for kind, rows in calibration["recall"].items():
+        table = ", ".join(f"r{rung} {mean:.3f}" for rung, mean, _ in rows)
+        faster = calibration["exact_faster"].get(kind)
+        exact = f"; exact search faster from r{faster}" if faster is not None and faster <= rows[-1][0] else ""
+        lines.append(f"  {kind:<10} {table}{exact}")
+    return lines
 
 
 def _attribute(spec: Any) -> str:

@@ -43,13 +43,16 @@ DEFAULT_TIMEOUT = 60.0
 @dataclass(frozen=True)
 class Hits:
     """The answer to one query: ``ids`` int64 (k,) padded with -1, ``distances`` float32 (k,) ascending,
-    ``stats`` (the :data:`squash.search.result.STAT_FIELDS` counters of this query) and run ``info``."""
+    ``stats`` (the :data:`squash.search.result.STAT_FIELDS` counters of this query), run ``info``, and the
+    calibrated ``recall_estimate`` of its effort (1.0 when ``exact``: provably equal to brute force)."""
 
     ids: NDArray[np.int64]
     distances: NDArray[np.float32]
     stats: dict[str, int]
     info: dict[str, float]
     complete: bool = True
+    recall_estimate: float = float("nan")
+    exact: bool = False
 
     def __len__(self) -> int:
         """Results found (k unless fewer vectors match)."""
@@ -154,7 +157,8 @@ class Client:
         result = self.query_batch(np.asarray(vector)[None, :], k, filter, **options)
         stats = {name: int(values[0]) for name, values in result.stats.items()}
         complete = True if result.complete is None else bool(result.complete[0])
-        return Hits(result.ids[0], result.distances[0], stats, result.info, complete)
+        estimate = float("nan") if result.recall_estimate is None else float(result.recall_estimate[0])
+        return Hits(result.ids[0], result.distances[0], stats, result.info, complete, estimate, bool(result.exact[0]))
 
     def query_batch(
         self,
@@ -220,7 +224,9 @@ class Client:
         if response.missing and not allow_partial:
             raise _incomplete(response.missing)
         info = _run_info(response, time.perf_counter() - started, len(responses))
-        return SearchResult(response.ids, response.distances, dict(response.stats), info, response.complete)
+        return SearchResult(
+            response.ids, response.distances, dict(response.stats), info, response.complete, response.recall_estimate
+        )
 
     def _call(self, part: CoordinatorRequest, event: dict[str, Any], deadline: Deadline) -> CoordinatorResponse:
         """Invoke the coordinator, retrying transient errors, waiting no longer than the deadline."""

@@ -56,13 +56,14 @@ from squash.protocol import (
     merge_metrics,
     split_request,
 )
+from squash.search.effort import effort_groups, estimates_of
 from squash.search.engine import group_by_partition
 from squash.search.merge import merge_partials
 from squash.search.params import SearchParams
 from squash.search.plan import plan_queries
 from squash.search.prepared import PreparedPartition
 from squash.search.queries import prepare_queries
-from squash.search.result import STAT_FIELDS, empty_stats
+from squash.search.result import STAT_FIELDS, calibrated_estimates, empty_stats
 from squash.search.scan import search_partition
 from squash.storage import ObjectStore, open_store
 from squash.tree import TreeShape, choose_shape
@@ -314,32 +315,39 @@ def _search_share(inv: _Invocation, work: _Work) -> _Share:
         work.deadline.check("planning")
     meta = inv.index(work.ref).meta
     _check_dim(work.queries, meta)
-    params = SearchParams.from_knobs(dict(work.knobs))
-    with _COMPUTE:
-        started = time.perf_counter()
-        groups = group_by_partition(plan_queries(meta, work.queries, work.filters.compile(meta), k, params))
-        inv.add(plan_seconds=time.perf_counter() - started)
+    compiled = work.filters.compile(meta)
+    visits: list[tuple[int, NDArray[np.int64], ProcessorRequest]] = []
     config = inv.ctx.config
     wait_until, child_ms = _child_deadline(work, config.deadline_margin)
-    requests = []
-    for pid, (qs, probes) in groups.items():
-        part = work.take(qs)
-        requests.append(
-            ProcessorRequest(
-                part.ref, part.queries, part.filters, k, part.knobs, partition=pid, probes=probes, deadline_ms=child_ms
-            )
-        )
+    with _COMPUTE:
+        started = time.perf_counter()
+        for effort in effort_groups(meta, compiled, work.knobs):
+            plans = plan_queries(meta, work.queries[effort.rows], [compiled[i] for i in effort.rows], k, effort.params)
+            stats["unvisited"][effort.rows] = plans.unvisited
+            for pid, (qs, probes) in group_by_partition(plans).items():
+                rows = effort.rows[qs]
+                part = replace(work.take(rows), knobs=effort.knobs)
+                visits.append(
+                    (
+                        pid,
+                        rows,
+                        ProcessorRequest(
+                            part.ref, part.queries, part.filters, k, part.knobs, pid, probes, deadline_ms=child_ms
+                        ),
+                    )
+                )
+        inv.add(plan_seconds=time.perf_counter() - started)
     responses = FanOut(
-        [partial(_invoke, inv, config.processor_for(r.partition), r) for r in requests],
+        [partial(_invoke, inv, config.processor_for(pid), r) for pid, _, r in visits],
         limit=config.max_fan_out,
         deadline=wait_until,
         hedge_after=config.hedge_min_seconds,
         attempts=inv.attempts,
     ).results()
     missing, metrics = [], []
-    # Merge partition by partition in ascending id, exactly as squash.search.engine does, so every mode
-    # returns bit-identical results.
-    for (pid, (qs, _)), part in zip(groups.items(), responses, strict=True):
+    # Merge visit by visit in the order the engine merges (effort group, then ascending partition), so every
+    # mode returns bit-identical results.
+    for (pid, qs, _), part in zip(visits, responses, strict=True):
         if isinstance(part, SquashError):
             complete[qs] = False
             missing.append(
@@ -428,7 +436,8 @@ def coordinate(request: CoordinatorRequest, ctx: HandlerContext) -> CoordinatorR
     meta = inv.index(ref).meta
     # Normalise (cosine) once here; allocators and processors search exactly these vectors.
     queries = prepare_queries(request.queries, meta)
-    request.filters.compile(meta)  # reject a bad filter before anything is invoked
+    compiled = request.filters.compile(meta)  # reject a bad filter before anything is invoked
+    efforts = effort_groups(meta, compiled, request.knobs)  # and bad knobs; allocators choose the same
     config = ctx.config
     shape = request.shape or choose_shape(
         len(queries),
@@ -447,6 +456,7 @@ def coordinate(request: CoordinatorRequest, ctx: HandlerContext) -> CoordinatorR
         version=ref.version,
         build=ref.build,
         shape=shape,
+        recall_estimate=calibrated_estimates(estimates_of(len(queries), efforts), share.stats),
         complete=share.complete,
         missing=tuple(share.missing),
     )

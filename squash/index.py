@@ -76,16 +76,24 @@ class Index:
         partitions: int | None = None,
         bits_per_dim: float = 4.0,
         seed: int = 0,
+        target_recall: float = 0.95,
     ) -> Index:
         """Build an in-memory index from vectors (n, d) and optional attributes.
 
         ``attributes`` is a ``pyarrow.Table`` or a dict of column name -> 1-D array (ints, floats,
-        bools or strings). ``metric`` is ``"l2"``, ``"ip"`` or ``"cosine"``.
+        bools or strings). ``metric`` is ``"l2"``, ``"ip"`` or ``"cosine"``. The build calibrates the
+        search effort so that searches reach ``target_recall`` (recall@10) on queries like the data's own.
         """
         from squash.build import build_in_memory
 
         meta, parts = build_in_memory(
-            vectors, attributes, metric=metric, partitions=partitions, bits_per_dim=bits_per_dim, seed=seed
+            vectors,
+            attributes,
+            metric=metric,
+            partitions=partitions,
+            bits_per_dim=bits_per_dim,
+            seed=seed,
+            target_recall=target_recall,
         )
         return cls(_Snapshot(meta, parts.__getitem__))
 

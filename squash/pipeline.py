@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from squash.build import build_in_memory
+from squash.calibration import DEFAULT_TARGET, check_target
 from squash.errors import InvalidInputError
 from squash.format.reader import list_versions
 from squash.format.writer import existing_version_error, write_index
@@ -86,6 +87,7 @@ def build_index(
     seed: int = 0,
     workers: int | None = None,
     progress: bool = False,
+    target_recall: float = DEFAULT_TARGET,
 ) -> BuildReport:
     """Build an index from ``vectors`` (and ``attributes``) and publish it at ``uri`` as a new version.
 
@@ -117,6 +119,7 @@ def build_index(
     started = time.perf_counter()
     metric = Metric.parse(metric)
     _check_params(partitions, seed, workers)
+    check_target(target_recall)
     store = open_store(uri) if isinstance(uri, str) else uri
     _check_destination(store, overwrite=overwrite)
 
@@ -138,6 +141,7 @@ def build_index(
             bits_per_dim=bits_per_dim,
             seed=seed,
             workers=workers,
+            target_recall=target_recall,
         )
         bar.update(1)
     built = time.perf_counter()

@@ -628,9 +628,13 @@ class CoordinatorResponse(_Results):
     version: int
     build: str
     shape: TreeShape
+    recall_estimate: NDArray[np.float32]  # per query: the calibrated recall of its effort (1.0: exact)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        estimate = self.recall_estimate
+        if estimate.dtype != _F32 or estimate.shape != self.ids.shape[:1]:
+            raise _fail(self.KIND, "recall_estimate", f"must be float32 ({self.ids.shape[0]},)")
         if isinstance(self.version, bool) or not isinstance(self.version, int) or not 1 <= self.version <= MAX_VERSION:
             raise _fail(self.KIND, "version", f"must be an integer in 1..{MAX_VERSION}, got {self.version!r}")
         if not is_build_id(self.build):
@@ -643,20 +647,36 @@ class CoordinatorResponse(_Results):
             "build": self.build,
             "branching": self.shape.branching,
             "depth": self.shape.depth,
+            "estimates": pack_arrays({"recall_estimate": self.recall_estimate}),
         }
 
     @classmethod
     def from_event(cls, event: object) -> CoordinatorResponse:
-        e = _Event(event, cls.KIND, ("metrics", "missing", "arrays", "version", "build", "branching", "depth"))
+        e = _Event(
+            event, cls.KIND, ("metrics", "missing", "arrays", "version", "build", "branching", "depth", "estimates")
+        )
         shape = TreeShape(e.int("branching", 1), e.int("depth", 0))
-        return cls(**cls._results_fields(e), version=e.int("version", 1, MAX_VERSION), build=e["build"], shape=shape)
+        estimate = unpack_arrays(e["estimates"], cls.KIND, {"recall_estimate": (_F32, 1)})["recall_estimate"]
+        return cls(
+            **cls._results_fields(e),
+            version=e.int("version", 1, MAX_VERSION),
+            build=e["build"],
+            shape=shape,
+            recall_estimate=estimate,
+        )
 
     @classmethod
     def concat(cls, parts: Sequence[CoordinatorResponse]) -> CoordinatorResponse:
         answered = {(p.version, p.build) for p in parts}
         if len(answered) != 1:
             raise InvalidInputError(f"parts of one batch were answered by different index builds {sorted(answered)}")
-        return cls(**cls._joined(parts), version=parts[0].version, build=parts[0].build, shape=parts[0].shape)
+        return cls(
+            **cls._joined(parts),
+            version=parts[0].version,
+            build=parts[0].build,
+            shape=parts[0].shape,
+            recall_estimate=np.concatenate([p.recall_estimate for p in parts]),
+        )
 
 
 RESPONSES: dict[type, type[_Results]] = {

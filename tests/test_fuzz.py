@@ -202,7 +202,14 @@ def _events() -> dict[type, dict[str, Any]]:
         ProcessorResponse: ProcessorResponse(ids, dists, stats, metrics).to_event(),
         AllocatorResponse: AllocatorResponse(ids, dists, stats, metrics).to_event(),
         CoordinatorResponse: CoordinatorResponse(
-            ids, dists, stats, metrics, version=1, build=BUILD, shape=TreeShape(1, 0)
+            ids,
+            dists,
+            stats,
+            metrics,
+            version=1,
+            build=BUILD,
+            shape=TreeShape(1, 0),
+            recall_estimate=np.ones(len(ids), np.float32),
         ).to_event(),
     }
 

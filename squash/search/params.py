@@ -12,9 +12,13 @@ MAX_K = 1000
 
 @dataclass(frozen=True)
 class SearchParams:
-    """Knobs of one search; every field has a default that reaches recall@10 >= 0.95 on our benchmarks.
+    """Knobs of one search. Users set at most ``recall_target``: an index calibrated at build time
+    (`squash.search.effort`) chooses the effort knobs per kind of query; passing any of them searches as
+    told instead (benchmarks, experts), and the defaults below are then used for the others.
 
     Attributes:
+        recall_target: the recall@k to aim for (0.5 .. 0.9999; None: the build's ``target_recall``), a
+            calibrated expectation over queries like the data's own, not a per-query guarantee.
         centroid_factor: a filtered query also visits partitions whose centroid distance is within this
             factor of the nearest partition that certainly holds k matches (1.0: up to that partition).
         max_partitions: caps the partitions a filtered query adds by ``centroid_factor`` (None: no
@@ -53,9 +57,14 @@ class SearchParams:
     exact_threshold: int = 2000
     exact_budget: int = 5000
     exact: bool = False
+    recall_target: float | None = None
 
     def __post_init__(self) -> None:
         checks = [
+            (
+                self.recall_target is None or 0.5 <= self.recall_target <= 0.9999,
+                "recall_target must be in 0.5 .. 0.9999 (or None: the index's calibrated default)",
+            ),
             (self.centroid_factor >= 1.0, "centroid_factor must be >= 1.0"),
             (self.max_partitions is None or self.max_partitions >= 1, "max_partitions must be >= 1 or None"),
             (self.probe >= 1, "probe must be >= 1"),
@@ -84,7 +93,7 @@ class SearchParams:
             if name == "exact":
                 if not isinstance(value, bool):
                     raise InvalidInputError(f"knob 'exact' must be a bool, got {value!r}")
-            elif name == "max_partitions" and value is None:
+            elif name in ("max_partitions", "recall_target") and value is None:
                 pass
             elif isinstance(value, bool) or not isinstance(value, int | float):
                 raise InvalidInputError(f"knob {name!r} must be a number, got {value!r}")

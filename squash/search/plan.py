@@ -96,11 +96,14 @@ def list_counts(meta: IndexMeta, queries: NDArray[np.float32], probe: int) -> ND
 @dataclass(frozen=True)
 class Plans:
     """Every visit of a batch, flat: query ``query[j]`` visits partition ``partition[j]`` and scans
-    ``probe[j]`` fine lists there. A query's visits are side by side, nearest partition first."""
+    ``probe[j]`` fine lists there. A query's visits are side by side, nearest partition first.
+    ``unvisited[i]`` counts the partitions that may hold a match of query i but are not visited (0: its
+    answer is exact wherever each visited partition ranks its matches exactly)."""
 
     query: NDArray[np.int64]
     partition: NDArray[np.int64]
     probe: NDArray[np.int32]
+    unvisited: NDArray[np.int64]
 
 
 def plan_queries(
@@ -155,8 +158,12 @@ def plan_queries(
         visits.append((np.full(len(chosen), i), chosen, np.maximum(probes[i, chosen], 1)))
     query, partition, probe = (np.concatenate([v[j] for v in visits]) for j in range(3))
     by_query = np.argsort(query, kind="stable")
+    unvisited = may.sum(axis=1) - np.bincount(query, minlength=nq)
     return Plans(
-        query[by_query].astype(np.int64), partition[by_query].astype(np.int64), probe[by_query].astype(np.int32)
+        query[by_query].astype(np.int64),
+        partition[by_query].astype(np.int64),
+        probe[by_query].astype(np.int32),
+        unvisited.astype(np.int64),
     )
 
 

@@ -15,7 +15,8 @@ STAT_FIELDS = (
     "prefix",  # kept by level 2 (exact distance over the leading rotated dimensions)
     "bounded",  # kept by level 3 (OSQ lower bounds)
     "reranked",  # candidates handed to the exact re-rank (after safe prefix pruning of exact scans)
-    "exact_scans",  # partitions answered by an exact scan of all their candidates
+    "exact_scans",  # partitions answered by an exact scan of all their candidates (or holding no match)
+    "unvisited",  # partitions that may hold a match but were not visited (set by the planner's caller)
 )
 
 
@@ -31,6 +32,16 @@ def empty_stats(nq: int) -> dict[str, NDArray[np.int64]]:
     return {name: np.zeros(nq, dtype=np.int64) for name in STAT_FIELDS}
 
 
+def provably_exact(stats: dict[str, NDArray[np.int64]]) -> NDArray[np.bool_]:
+    """Queries that visited every partition that may hold a match and ranked all matches exactly there."""
+    return (stats["unvisited"] == 0) & (stats["exact_scans"] == stats["partitions"])
+
+
+def calibrated_estimates(estimates: NDArray[np.float32], stats: dict[str, NDArray[np.int64]]) -> NDArray[np.float32]:
+    """Recall estimates with 1.0 for the queries whose search was provably exact."""
+    return np.where(provably_exact(stats), np.float32(1.0), estimates).astype(np.float32)
+
+
 @dataclass
 class SearchResult:
     """``ids`` int64 (nq, k) padded with -1 and ``distances`` float32 (nq, k), ascending, padded with inf.
@@ -40,6 +51,8 @@ class SearchResult:
     int64 array (nq,); ``info`` carries run-level figures (timings, invocations, bytes read).
     ``complete`` bool (nq,) says which queries searched every partition they were routed to; only
     ``Client.query_batch(..., allow_partial=True)`` can return False (None: all complete).
+    ``recall_estimate`` float32 (nq,) is the recall@k the index's calibration expects of each query's
+    effort (1.0 where exact; NaN where effort knobs were passed and no calibration applies).
     """
 
     ids: NDArray[np.int64]
@@ -47,11 +60,18 @@ class SearchResult:
     stats: dict[str, NDArray[np.int64]]
     info: dict[str, float] = field(default_factory=dict)
     complete: NDArray[np.bool_] | None = None
+    recall_estimate: NDArray[np.float32] | None = None
 
     @property
     def counts(self) -> NDArray[np.int64]:
         """Results found per query (k unless fewer vectors match)."""
         return (self.ids >= 0).sum(axis=1)
+
+    @property
+    def exact(self) -> NDArray[np.bool_]:
+        """Per query: the result provably equals brute force (every partition that may hold a match was
+        visited and ranked all its matches exactly)."""
+        return provably_exact(self.stats)
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])

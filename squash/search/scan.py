@@ -408,7 +408,7 @@ def search_partition(
     stats["filtered"][member] += found[group]
     exact = (found > 0) & (params.exact | (found <= params.exact_threshold))
     small = exact & (found * np.bincount(group, minlength=len(filtered)) <= _DIRECT_PAIRS)
-    stats["exact_scans"][member[exact[group]]] += 1
+    stats["exact_scans"][member[(exact | (found == 0))[group]]] += 1
     if small.any():
         qs, g = member[small[group]], group[small[group]]
         rows = matched[concat_ranges(bounds[g], bounds[g + 1])]

@@ -1,0 +1,151 @@
+"""How much a query searches: an effort ladder, the calibration that places each kind of query on it.
+
+Effort is one number, a rung of a ladder on which every knob that trades speed for recall grows together
+by sqrt(2) per rung: the fine lists probed, the matching rows a filtered list scan gathers and the rows
+re-ranked exactly. Past the top rung is the exact search (every partition that may match, every match
+ranked exactly), which is also the cheapest way to answer when the data has no structure to exploit.
+
+The build measures, on queries drawn from the data itself, the recall@k of each rung for unfiltered
+queries and for filters of about 10%, 1% and 0.1% selectivity (`squash.calibration`), and stores the
+table in the manifest. A search then takes, for each query's kind, the cheapest rung whose measured
+recall meets its recall target (the build's ``target_recall`` unless the query passes ``recall_target``)
+and reports that recall as its estimate: a calibrated expectation over the data's own query distribution,
+not a per-query guarantee. Passing any effort knob (``probe``, ``exact``, ...) bypasses the table.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from squash.filter import CompiledFilter
+from squash.filter.batch import estimates_many
+from squash.model import IndexMeta
+from squash.search.params import SearchParams
+
+# Rung 0 and the growth per rung. Rung 8 is probe 128, 1,600 rows re-ranked, 2,400 matches gathered.
+_BASE_PROBE = 8
+_BASE_DEPTH = 100
+_BASE_MATCHES = 150
+TOP_RUNG = 14
+EXACT = -1  # the rung of an exact search
+# Knobs that set effort directly: a query passing any of them is searched as told, not as calibrated.
+EFFORT_KNOBS = frozenset({"probe", "probe_matches", "hamming_floor", "prefix_keep", "exact", "centroid_factor"})
+# Kinds of query the calibration measures: unfiltered, then filters by selectivity (matches / rows), with
+# the lower edge of each selectivity band (a filter counts as the nearest band at or below it).
+KINDS = ("unfiltered", "10%", "1%", "0.1%")
+_BAND_FLOORS = (0.03, 0.003, 0.0)
+
+
+def rung_knobs(rung: int) -> dict[str, Any]:
+    """The search knobs of one rung (``EXACT``: an exact search)."""
+    if rung == EXACT:
+        return {"exact": True}
+    grow = 2.0 ** (rung / 2)
+    return {
+        "probe": round(_BASE_PROBE * grow),
+        "hamming_floor": round(_BASE_DEPTH * grow),
+        "probe_matches": round(_BASE_MATCHES * grow),
+    }
+
+
+def kind_of(selectivity: float | None) -> str:
+    """The calibrated kind of a query whose filter matches about ``selectivity`` of the rows (None: none)."""
+    if selectivity is None:
+        return KINDS[0]
+    return next(kind for kind, floor in zip(KINDS[1:], _BAND_FLOORS, strict=True) if selectivity >= floor)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Measured recall per rung for each kind of query, and the build's target.
+
+    ``recall[kind]`` maps rungs (ascending, ``EXACT`` excluded) to the recall@k measured there, with its
+    standard error; a kind absent from the table (no attributes, or too few rows for that selectivity)
+    falls back to the nearest kind measured.
+    """
+
+    target: float
+    recall: Mapping[str, Sequence[tuple[int, float, float]]]
+    exact_faster: Mapping[str, int]
+
+    @classmethod
+    def of(cls, meta: IndexMeta) -> Calibration | None:
+        stored = meta.params.get("calibration")
+        if not isinstance(stored, Mapping):
+            return None
+        recall = {kind: [(int(r), float(m), float(se)) for r, m, se in rows] for kind, rows in stored["recall"].items()}
+        return cls(float(stored["target"]), recall, {k: int(v) for k, v in stored["exact_faster"].items()})
+
+    def _measured(self, kind: str) -> str:
+        order = sorted(self.recall, key=lambda other: abs(KINDS.index(other) - KINDS.index(kind)))
+        return kind if kind in self.recall else order[0]
+
+    def choose(self, kind: str, target: float) -> tuple[int, float]:
+        """(rung, recall estimate): the cheapest rung measured to reach ``target`` (two standard errors of
+        margin), else the exact search; the exact search too once it ran faster than the rung."""
+        measured = self._measured(kind)
+        limit = self.exact_faster.get(measured, TOP_RUNG + 1)
+        for rung, mean, se in self.recall[measured]:
+            if rung >= limit:
+                break
+            if mean - 2.0 * se >= target:
+                return rung, mean
+        return EXACT, 1.0
+
+
+@dataclass(frozen=True)
+class EffortGroup:
+    """Queries searched with one set of knobs, and the recall the calibration expects of each."""
+
+    rows: NDArray[np.int64]
+    knobs: Mapping[str, Any]
+    params: SearchParams
+    estimates: NDArray[np.float32]
+
+
+def selectivities(meta: IndexMeta, filters: Sequence[CompiledFilter | None]) -> list[float | None]:
+    """Each query's expected fraction of matching rows over the whole index (None: no filter)."""
+    distinct = list({id(f): f for f in filters if f is not None}.values())
+    totals = estimates_many(distinct, meta.attr_histograms.sum(axis=0)) if distinct else np.zeros(0)
+    share = {id(f): float(t) / max(meta.n_vectors, 1) for f, t in zip(distinct, totals, strict=True)}
+    return [None if f is None else share[id(f)] for f in filters]
+
+
+def effort_groups(
+    meta: IndexMeta, filters: Sequence[CompiledFilter | None], knobs: Mapping[str, Any]
+) -> list[EffortGroup]:
+    """Split a batch by the effort each query needs: one group per rung, in rung order.
+
+    Without calibration (an index built before it existed) or with an effort knob given, every query
+    takes the knobs as given; the estimate is then unknown (NaN) unless the search is exact.
+    """
+    nq = len(filters)
+    params = SearchParams.from_knobs(dict(knobs))
+    calibration = Calibration.of(meta)
+    if calibration is None or EFFORT_KNOBS & set(knobs):
+        estimate = 1.0 if params.exact else math.nan
+        return [EffortGroup(np.arange(nq, dtype=np.int64), knobs, params, np.full(nq, estimate, dtype=np.float32))]
+    target = calibration.target if params.recall_target is None else params.recall_target
+    rest = {name: value for name, value in knobs.items() if name != "recall_target"}
+    choices = [calibration.choose(kind_of(s), target) for s in selectivities(meta, filters)]
+    groups = []
+    for rung in sorted({rung for rung, _ in choices}):
+        rows = np.asarray([i for i, (r, _) in enumerate(choices) if r == rung], dtype=np.int64)
+        estimates = np.asarray([choices[i][1] for i in rows], dtype=np.float32)
+        chosen = {**rest, **rung_knobs(rung)}
+        groups.append(EffortGroup(rows, chosen, SearchParams.from_knobs(chosen), estimates))
+    return groups
+
+
+def estimates_of(nq: int, groups: Sequence[EffortGroup]) -> NDArray[np.float32]:
+    """Per query, the recall its group's effort is calibrated to give."""
+    out = np.full(nq, np.nan, dtype=np.float32)
+    for group in groups:
+        out[group.rows] = group.estimates
+    return out
