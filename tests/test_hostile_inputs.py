@@ -113,12 +113,12 @@ def test_versions_out_of_range_are_invalid_input(stored: Any, version: int) -> N
     uri, _, client = stored
     with pytest.raises(InvalidInputError, match="index version must be an integer in 1"):
         squash.Index.open(uri, version=version)
-    with pytest.raises(InvalidInputError, match="index version must be an integer in 1"):
+    with pytest.raises(InvalidInputError, match=r"index[. ]version"):
         squash.Client(uri, version=version).query_batch(_queries(), 3)
     event = CoordinatorRequest(IndexRef(uri), _queries(), FilterSet.from_user(None, 2), 3, {}).to_event()
     event["index"]["version"] = version
     ctx = HandlerContext("coordinator", "squash-coordinator", client.config, client.invoker)
-    with pytest.raises(InvalidInputError, match="index version must be an integer in 1"):
+    with pytest.raises(InvalidInputError, match=r"index[. ]version"):
         handle("coordinator", event, ctx)
 
 
