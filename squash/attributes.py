@@ -48,10 +48,21 @@ class AttributeSpec:
 def _check_name(name: Any) -> None:
     if not isinstance(name, str) or not name:
         raise InvalidInputError(f"attribute name {name!r} is not a non-empty string; name every attribute")
+    _check_text(name, f"attribute name {name!r}")
     if name.startswith("$"):
         raise InvalidInputError(
             f"attribute name {name!r} starts with '$', which filters reserve for operators; rename it"
         )
+
+
+def _check_text(text: str, what: str) -> None:
+    """Names and categories travel in JSON payloads and stored objects, which hold only valid UTF-8."""
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"{what} is not valid Unicode ({exc.reason}); UTF-8 cannot store it: fix the text"
+        ) from None
 
 
 def _truncated(items: tuple[str, ...] | list[str], limit: int = 20) -> str:
@@ -80,6 +91,8 @@ class AttributeSchema:
                 )
             if not all(isinstance(c, str) for c in spec.categories):
                 raise InvalidInputError(f"categories of attribute {spec.name!r} must all be strings")
+            for category in spec.categories:
+                _check_text(category, f"category {category!r} of attribute {spec.name!r}")
             if len(set(spec.categories)) != len(spec.categories):
                 raise InvalidInputError(f"categories of attribute {spec.name!r} are not unique")
 

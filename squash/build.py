@@ -75,6 +75,25 @@ def rerank_storage(vectors: object, x: NDArray[np.float32], metric: Metric) -> N
     return x
 
 
+def check_build_params(partitions: object, seed: object, workers: object) -> None:
+    """Integer checks of the build parameters, before any work (the manifest stores the seed as int64)."""
+    for name, value, minimum, maximum in (
+        ("partitions", partitions, 1, None),
+        ("workers", workers, 1, None),
+        ("seed", seed, 0, 2**63 - 1),
+    ):
+        if value is None and name != "seed":
+            continue
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | np.integer)
+            or value < minimum
+            or (maximum is not None and value > maximum)
+        ):
+            bounds = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+            raise InvalidInputError(f"{name} must be an integer {bounds}, got {value!r}")
+
+
 def build_in_memory(
     vectors: object,
     attributes: object = None,
@@ -88,6 +107,7 @@ def build_in_memory(
 ) -> tuple[IndexMeta, list[PartitionData]]:
     """Build the routing data and every partition of an index from arrays in memory, then calibrate its
     search effort to reach ``target_recall`` (`squash.calibration`)."""
+    check_build_params(partitions, seed, workers)
     metric = Metric.parse(metric)
     target_recall = check_target(target_recall)
     x = prepare_vectors(vectors, metric)

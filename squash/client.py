@@ -21,6 +21,7 @@ from squash.errors import IncompleteResultError, InvalidInputError, InvocationTi
 from squash.protocol import (
     COUNTERS,
     MAX_COUNTERS,
+    MAX_TIMEOUT,
     ROLES,
     CoordinatorRequest,
     CoordinatorResponse,
@@ -103,6 +104,10 @@ class Client:
         from squash.compute.inprocess import InProcessInvoker
 
         conflicts = [
+            (
+                config is not None and not isinstance(config, RuntimeConfig),
+                f"config must be a squash.config.RuntimeConfig, got {type(config).__name__}",
+            ),
             (lambda_client is not None and function is None, "lambda_client applies only with function=..."),
             (lambda_client is not None and invoker is not None, "pass invoker or lambda_client, not both"),
             (
@@ -150,7 +155,11 @@ class Client:
 
         Takes the same options as `query_batch`.
         """
-        if np.ndim(vector) != 1:
+        try:
+            ndim = np.ndim(vector)
+        except ValueError as exc:  # a ragged sequence
+            raise InvalidInputError(f"query takes one numeric vector (d,); could not convert it ({exc})") from None
+        if ndim != 1:
             raise InvalidInputError(
                 f"query takes one vector (d,), got shape {np.shape(vector)}; use query_batch for (nq, d)"
             )
@@ -241,8 +250,8 @@ class Client:
 
 
 def _timeout(timeout: object) -> float:
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < float("inf"):
-        raise InvalidInputError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= MAX_TIMEOUT:
+        raise InvalidInputError(f"timeout must be a positive number of seconds up to {MAX_TIMEOUT:,}, got {timeout!r}")
     return float(timeout)
 
 
@@ -257,6 +266,9 @@ def _incomplete(missing: tuple[Missing, ...]) -> SquashError:
 
 
 def _shape(branching: int | None, depth: int | None) -> TreeShape | None:
+    for name, value in (("branching", branching), ("depth", depth)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise InvalidInputError(f"{name} must be an integer or None, got {value!r}")
     if branching is None and depth is None:
         return None
     if depth == 0 and branching is None:

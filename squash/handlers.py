@@ -42,6 +42,7 @@ from squash.format import StoredIndex, find_manifest, index_changed, open_index
 from squash.model import IndexMeta
 from squash.protocol import (
     COUNTERS,
+    MAX_TIMEOUT,
     RESPONSES,
     AllocatorRequest,
     AllocatorResponse,
@@ -425,6 +426,11 @@ def _deadline(request: CoordinatorRequest | AllocatorRequest | ProcessorRequest)
         return None
     deadline = Deadline(request.deadline_ms)
     deadline.check(f"{request.KIND} started")
+    if deadline.remaining() > MAX_TIMEOUT:
+        raise InvalidInputError(
+            f"{request.KIND}: field 'deadline_ms' is {deadline.remaining():.3g} s away, over the limit of "
+            f"{MAX_TIMEOUT:,} s; give a nearer deadline"
+        )
     return deadline
 
 

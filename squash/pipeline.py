@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from squash.build import build_in_memory
+from squash.build import build_in_memory, check_build_params
 from squash.calibration import DEFAULT_TARGET, check_target
 from squash.errors import InvalidInputError
 from squash.format.reader import list_versions
@@ -22,7 +22,7 @@ from squash.format.writer import existing_version_error, write_index
 from squash.ingest import describe, merge_attributes, read_attributes, read_vectors
 from squash.model import Metric
 from squash.osq.bits import total_bit_budget
-from squash.storage import LocalStore, ObjectStore, open_store
+from squash.storage import LocalStore, ObjectStore, as_store
 
 try:
     from tqdm import tqdm
@@ -118,9 +118,12 @@ def build_index(
     """
     started = time.perf_counter()
     metric = Metric.parse(metric)
-    _check_params(partitions, seed, workers)
+    check_build_params(partitions, seed, workers)
+    for name, flag in (("overwrite", overwrite), ("progress", progress)):
+        if not isinstance(flag, bool):
+            raise InvalidInputError(f"{name} must be True or False, got {flag!r}")
     check_target(target_recall)
-    store = open_store(uri) if isinstance(uri, str) else uri
+    store = as_store(uri)
     _check_destination(store, overwrite=overwrite)
 
     with _bar(progress, "check input", "rows") as bar:
@@ -176,14 +179,6 @@ def build_index(
             "total": finished - started,
         },
     )
-
-
-def _check_params(partitions: object, seed: object, workers: object) -> None:
-    for name, value, minimum in (("partitions", partitions, 1), ("workers", workers, 1), ("seed", seed, 0)):
-        if value is None and name != "seed":
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def _check_destination(store: ObjectStore, *, overwrite: bool) -> None:

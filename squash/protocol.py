@@ -50,6 +50,9 @@ from squash.tree import TreeShape
 
 PROTOCOL_VERSION = 1
 MAX_DIM = 65_536
+# Longest time a query may be given, in seconds: a day, far above any Lambda timeout (900 s) and far below the
+# ~9.2e9 s past which thread waits overflow.
+MAX_TIMEOUT = 86_400
 ROLES = ("coordinator", "allocator", "processor")
 # Per-function counters that travel up the tree; every one is summed except those in MAX_COUNTERS.
 COUNTERS = (
@@ -93,6 +96,21 @@ Request = TypeVar("Request", "CoordinatorRequest", "AllocatorRequest", "Processo
 
 def _fail(kind: str, field: str, problem: str) -> InvalidInputError:
     return InvalidInputError(f"{kind}: field {field!r} {problem}")
+
+
+def encode_event(event: Mapping[str, Any]) -> bytes:
+    """The payload of an event: strict JSON in UTF-8, as AWS Lambda's Invoke requires (no NaN or infinity).
+
+    Requests are validated when built, so a failure here is a value that slipped past those checks; it is
+    reported before sending rather than as Lambda's opaque ``InvalidRequestContentException``.
+    """
+    try:
+        return json.dumps(event, allow_nan=False, ensure_ascii=False).encode()
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError (a lone surrogate) is a ValueError
+        raise InvalidInputError(
+            f"{event.get('kind', 'event')}: not strict JSON ({exc}); every number must be finite and every "
+            "string valid Unicode"
+        ) from None
 
 
 # --- arrays -----------------------------------------------------------------------------------------------
@@ -738,7 +756,7 @@ def split_request(request: Request, limit: int, functions: int) -> list[tuple[Re
         LimitExceededError: a single query's request or response alone is over the limit.
     """
     event = request.to_event()
-    size = max(len(json.dumps(event)), response_bytes(request.n_queries, request.k, functions))
+    size = max(len(encode_event(event)), response_bytes(request.n_queries, request.k, functions))
     if size <= limit:
         return [(request, event)]
     n = request.n_queries

@@ -1,19 +1,25 @@
 """Hypothesis fuzzing of every input boundary: client queries, filters, wire events and index builds.
 
 Every case must end in a correct result or a `SquashError` subclass (never a bare KeyError, TypeError,
-IndexError...). Example counts stay small so the file runs in well under a minute.
+IndexError...). Accepted filters are checked against a brute-force evaluation in numpy; the last section
+throws the values of `hostile` (non-finite and huge numbers, lone surrogates, deep nesting, foreign types) at
+`Index.search`, `Client`, `Index.open`, `Index.build` / `build_index` and the ``from_event`` and handler
+of every message kind. Example counts stay small so the file runs in well under a minute.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
 import numpy as np
 import pytest
+from hostile import HOSTILE_NUMBERS, deep, hostile, hostile_arrays, json_values, nested_filter, numbers, texts
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -21,9 +27,11 @@ from hypothesis.extra import numpy as hnp
 import squash
 from squash.config import RuntimeConfig
 from squash.errors import LimitExceededError, SquashError
+from squash.handlers import HandlerContext, handle
 from squash.pipeline import build_index
 from squash.protocol import (
     MAX_DIM,
+    MAX_TIMEOUT,
     AllocatorRequest,
     AllocatorResponse,
     CoordinatorRequest,
@@ -33,7 +41,7 @@ from squash.protocol import (
     ProcessorRequest,
     ProcessorResponse,
 )
-from squash.search.params import MAX_K
+from squash.search.params import MAX_K, SearchParams
 from squash.search.queries import MAX_BATCH, compile_filters
 from squash.search.result import STAT_FIELDS
 from squash.tree import TreeShape
@@ -52,6 +60,7 @@ def _count(name: str) -> None:
 
 @pytest.fixture(scope="module")
 def index(request: pytest.FixtureRequest) -> Any:
+    """(uri, Index, Client, vectors, attributes) of one small stored index."""
     uri = f"memory://fuzz-{uuid.uuid4().hex}"
     rng = np.random.default_rng(0)
     attrs = {
@@ -59,11 +68,16 @@ def index(request: pytest.FixtureRequest) -> Any:
         "score": rng.random(N),
         "color": np.array(["red", "green", "blue"])[rng.integers(0, 3, N)],
     }
-    build_index(uri, rng.normal(size=(N, DIM)).astype(np.float32), attrs, partitions=3, seed=0)
-    yield uri, squash.Index.open(uri), squash.Client(uri)
+    x = rng.normal(size=(N, DIM)).astype(np.float32)
+    build_index(uri, x, attrs, partitions=3, seed=0)
+    yield uri, squash.Index.open(uri), squash.Client(uri), x, attrs
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_line(f"test_fuzz cases: {dict(sorted(COUNTS.items()))}")
+
+
+def _queries() -> np.ndarray:
+    return np.ones((2, DIM), np.float32)
 
 
 # --- strategies -------------------------------------------------------------------------------------------
@@ -74,8 +88,9 @@ scalars = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(-(2**70), 2**70),
+    st.sampled_from([2**63, -(2**63) - 1, 10**400, -(10**400)]),
     st.floats(allow_nan=True, allow_infinity=True),
-    st.sampled_from(["red", "green", "blue", "", "é"]),
+    st.sampled_from(["red", "green", "blue", "", "é", "\ud800", "re\udfffd", "\x00"]),
 )
 json_trees = st.recursive(
     scalars,
@@ -85,14 +100,51 @@ json_trees = st.recursive(
     ),
     max_leaves=12,
 )
+
+
+deep_filters = st.integers(1, 150).map(nested_filter)
+# Operands in the range of the data too, so that boundaries (price == operand) are exercised.
+operands = st.one_of(scalars, st.integers(-2, 101), st.floats(0, 1), st.sampled_from(["red", "green", "blue"]))
 leaf_filters = st.builds(
     lambda field, op, value: {field: {op: value}},
     st.sampled_from(["price", "score", "color"]),
     st.sampled_from(["$eq", "$ne", "$lt", "$lte", "$gt", "$gte", "$in", "$nin"]),
-    st.one_of(scalars, st.lists(scalars, max_size=3)),
+    st.one_of(operands, st.lists(operands, max_size=3)),
+)
+# Filters the schema accepts, so the oracle below sees many: typed operands, combined by $and, $or and $not.
+COMPARISONS = ["$eq", "$ne", "$lt", "$lte", "$gt", "$gte"]
+COLORS = ["red", "green", "blue"]
+typed_leaves = st.one_of(
+    st.builds(lambda op, v: {"price": {op: v}}, st.sampled_from(COMPARISONS), st.integers(-2, 101)),
+    st.builds(lambda op, v: {"score": {op: v}}, st.sampled_from(COMPARISONS), st.floats(0, 1) | st.integers(0, 1)),
+    st.builds(lambda v: {"color": v}, st.sampled_from(COLORS)),
+    st.builds(
+        lambda op, vs: {"price": {op: vs}},
+        st.sampled_from(["$in", "$nin"]),
+        st.lists(st.integers(-2, 101), min_size=1, max_size=3),
+    ),
+    st.builds(
+        lambda op, vs: {"color": {op: vs}},
+        st.sampled_from(["$in", "$nin"]),
+        st.lists(st.sampled_from(COLORS), min_size=1, max_size=3),
+    ),
+)
+typed_filters = st.recursive(
+    typed_leaves,
+    lambda children: st.one_of(
+        st.builds(lambda a, b: {"$or": [a, b]}, children, children),
+        st.builds(lambda a, b: {"$and": [a, b]}, children, children),
+        st.builds(lambda a: {"$not": a}, children),
+        st.builds(lambda a, b: {**a, **b}, children, children),
+    ),
+    max_leaves=5,
 )
 filters = st.one_of(
-    st.none(), leaf_filters, json_trees, st.builds(lambda a, b: {"$or": [a, b]}, leaf_filters, leaf_filters)
+    st.none(),
+    leaf_filters,
+    json_trees,
+    deep_filters,
+    st.builds(lambda a, b: {"$or": [a, b]}, leaf_filters, leaf_filters),
 )
 dtypes = st.sampled_from([np.float32, np.float64, np.float16, np.int32, np.int8, np.uint8, np.bool_, np.complex64])
 valid_vectors = hnp.arrays(
@@ -106,7 +158,7 @@ vectors = st.one_of(
 )
 ks = st.one_of(st.integers(1, 20), st.integers(-2, MAX_K + 2), st.sampled_from([1.5, "10", None, True, np.int64(3)]))
 knobs = st.just({}) | st.dictionaries(
-    st.sampled_from(["rerank_factor", "max_partitions", "exact", "centroid_factor", "hamming_keep", "bogus"]),
+    st.sampled_from(["rerank_factor", "max_partitions", "exact", "centroid_factor", "hamming_keep", "probe", "bogus"]),
     st.one_of(scalars, st.integers(-3, 5)),
     max_size=2,
 )
@@ -118,7 +170,7 @@ knobs = st.just({}) | st.dictionaries(
 @FAST
 @given(vectors=valid_vectors | vectors, k=ks, filter=st.none() | leaf_filters | filters, knobs=knobs)
 def test_client_query_batch_inputs(index: Any, vectors: Any, k: Any, filter: Any, knobs: dict[str, Any]) -> None:
-    _, local, client = index
+    local, client = index[1], index[2]
     try:
         result = client.query_batch(vectors, k, filter, depth=0, **knobs)
     except SquashError:
@@ -135,7 +187,11 @@ def test_client_query_batch_inputs(index: Any, vectors: Any, k: Any, filter: Any
     vector=hnp.arrays(np.float64, DIM, elements=st.floats(-5, 5)) | vectors,
     k=ks,
     options=st.fixed_dictionaries(
-        {}, optional={"timeout": st.floats(0.5, 100) | scalars, "allow_partial": st.booleans() | scalars}
+        {},
+        optional={
+            "timeout": st.floats(0.5, 100) | st.floats(MAX_TIMEOUT, 1e300) | scalars,
+            "allow_partial": st.booleans() | scalars,
+        },
     ),
 )
 def test_client_query_options(index: Any, vector: Any, k: Any, options: dict[str, Any]) -> None:
@@ -165,39 +221,88 @@ def test_limits_are_enforced_naming_the_limit(index: Any) -> None:
 # --- the filter parser ------------------------------------------------------------------------------------
 
 
+def _oracle_mask(expr: Any, attrs: dict[str, np.ndarray]) -> np.ndarray:
+    """Rows matching the JSON filter ``expr``, evaluated row by row in Python on the raw columns.
+
+    Independent of squash.filter; only used on filters the parser accepted, so it needs no validation.
+    Python compares ints and floats exactly, so huge operands need no special case.
+    """
+    if expr is None or expr == {}:
+        return np.ones(N, bool)
+    mask = np.ones(N, bool)
+    for key, value in expr.items():
+        if key == "$and":
+            part = np.logical_and.reduce([_oracle_mask(c, attrs) for c in value])
+        elif key == "$or":
+            part = np.logical_or.reduce([_oracle_mask(c, attrs) for c in value])
+        elif key == "$not":
+            part = ~_oracle_mask(value, attrs)
+        else:
+            part = _oracle_field(attrs[key].tolist(), value if isinstance(value, dict) else {"$eq": value})
+        mask &= part
+    return mask
+
+
+_ORACLE_OPS = {
+    "$eq": lambda v, o: v == o,
+    "$ne": lambda v, o: v != o,
+    "$lt": lambda v, o: v < o,
+    "$lte": lambda v, o: v <= o,
+    "$gt": lambda v, o: v > o,
+    "$gte": lambda v, o: v >= o,
+    "$in": lambda v, o: any(v == x for x in o),
+    "$nin": lambda v, o: not any(v == x for x in o),
+}
+
+
+def _oracle_field(column: list[Any], ops: dict[str, Any]) -> np.ndarray:
+    return np.array([all(_ORACLE_OPS[op](v, operand) for op, operand in ops.items()) for v in column])
+
+
 @settings(max_examples=150, deadline=None)
-@given(expr=filters)
-def test_filter_parser_on_random_json(index: Any, expr: Any) -> None:
-    local = index[1]
+@given(
+    expr=filters | typed_filters,
+    query=hnp.arrays(np.float32, DIM, elements=st.floats(-3, 3, width=32)),
+    k=st.integers(1, 25) | st.just(N),  # k = N returns every match, so a wrong match count shows
+)
+def test_filter_parser_on_random_json(index: Any, expr: Any, query: np.ndarray, k: int) -> None:
+    local, x, attrs = index[1], index[3], index[4]
     try:
         compile_filters([expr], 1, local.meta)
     except SquashError:
         _count("filter.rejected")
         return
     _count("filter.accepted")
-    query = np.zeros((1, DIM), np.float32)
-    found = local.search(query, k=20, filter=expr, exact=True)
-    truth = local.brute_force(query, k=20, filter=expr)
-    np.testing.assert_array_equal(found.counts, truth.counts)
-    np.testing.assert_allclose(found.distances, truth.distances, rtol=1e-5)
+    matching = np.flatnonzero(_oracle_mask(expr, attrs))
+    distances = ((x[matching].astype(np.float64) - query.astype(np.float64)) ** 2).sum(1)
+    truth = np.sort(distances)[:k]
+    found = local.search(query, k=k, filter=expr, exact=True)
+    count = int(found.counts[0])
+    assert count == len(truth)
+    ids = found.ids[0, :count]
+    assert np.isin(ids, matching).all()
+    np.testing.assert_allclose(found.distances[0, :count], truth, rtol=1e-4, atol=1e-4)
+    exact = ((x[ids].astype(np.float64) - query.astype(np.float64)) ** 2).sum(1)
+    np.testing.assert_allclose(found.distances[0, :count], exact, rtol=1e-4, atol=1e-4)
 
 
 # --- wire events ------------------------------------------------------------------------------------------
 
 
-def _events() -> dict[type, dict[str, Any]]:
-    queries = np.ones((2, DIM), np.float32)
+def _events(uri: str = "memory://x", *, deadline_ms: int | None = 5) -> dict[type, dict[str, Any]]:
+    """A valid event of every kind, for an index at ``uri``."""
+    queries = _queries()
     fs = FilterSet.from_user([{"price": 1}, None], 2)
     ids, dists = np.zeros((2, 3), np.int64), np.zeros((2, 3), np.float32)
     stats = {name: np.zeros(2, np.int64) for name in STAT_FIELDS}
     metrics = {"p": {"role": "processor", "invocations": 1}}
     return {
-        CoordinatorRequest: CoordinatorRequest(IndexRef("memory://x"), queries, fs, 3, {}, deadline_ms=5).to_event(),
+        CoordinatorRequest: CoordinatorRequest(IndexRef(uri), queries, fs, 3, {}, deadline_ms=deadline_ms).to_event(),
         AllocatorRequest: AllocatorRequest(
-            IndexRef("memory://x", 1, BUILD), queries, fs, 3, {}, TreeShape(2, 1), node=1, level=1
+            IndexRef(uri, 1, BUILD), queries, fs, 3, {}, TreeShape(2, 1), node=1, level=1
         ).to_event(),
         ProcessorRequest: ProcessorRequest(
-            IndexRef("memory://x", 1, BUILD), queries, fs, 3, {}, partition=0, probes=np.ones(len(queries), np.int32)
+            IndexRef(uri, 1, BUILD), queries, fs, 3, {}, partition=0, probes=np.ones(len(queries), np.int32)
         ).to_event(),
         ProcessorResponse: ProcessorResponse(ids, dists, stats, metrics).to_event(),
         AllocatorResponse: AllocatorResponse(ids, dists, stats, metrics).to_event(),
@@ -231,8 +336,8 @@ def _mutated_arrays(text: str, data: st.DataObject) -> Any:
         packed[name][part] = data.draw(st.one_of(json_trees, st.sampled_from(["<f8", "|O", "<i4", "S3"])))
     try:
         raw = msgpack.packb(packed, use_bin_type=True)
-    except OverflowError:
-        assume(False)  # an int msgpack cannot encode: no sender could produce it
+    except (OverflowError, UnicodeEncodeError):
+        assume(False)  # an int or a lone surrogate msgpack cannot encode: no sender could produce it
     return base64.b64encode(raw).decode()
 
 
@@ -293,3 +398,109 @@ def test_build_inputs(vectors: Any, attributes: Any, partitions: Any, metric: st
     assert index.dim == x.shape[1]
     result = index.search(x[:2], k=3)
     assert result.ids.shape == (min(2, len(x)), 3)
+
+
+# --- hostile values at every entry point ------------------------------------------------------------------
+
+KEYS = [*FIELDS, *OPERATORS, "\ud800"]
+hostile_filters = st.one_of(
+    hostile,
+    st.builds(lambda f, op, v: {f: {op: v}}, st.sampled_from(KEYS), st.sampled_from(KEYS), hostile),
+    st.builds(lambda f, v: {f: v}, st.sampled_from(KEYS), hostile),
+)
+hostile_knobs = st.dictionaries(st.sampled_from([*SearchParams().to_dict(), "\ud800", "bogus"]), hostile, max_size=2)
+HOSTILE = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _squash_error_or_answer(call: Callable[[], Any]) -> None:
+    """Run ``call``: an answer or a `SquashError` passes; any other exception fails the test."""
+    with contextlib.suppress(SquashError):
+        call()
+
+
+@HOSTILE
+@given(
+    queries=st.one_of(st.builds(_queries), hostile_arrays((2, DIM)), hostile),
+    k=st.one_of(st.just(3), hostile),
+    filter=hostile_filters,
+    knobs=hostile_knobs,
+)
+def test_hostile_search_arguments(index: Any, queries: Any, k: Any, filter: Any, knobs: dict[str, Any]) -> None:
+    local, client = index[1], index[2]
+    _squash_error_or_answer(lambda: local.search(queries, k, filter, **knobs))
+    _squash_error_or_answer(lambda: client.query_batch(queries, k, filter, depth=0, **knobs))
+
+
+@HOSTILE
+@given(
+    options=st.dictionaries(
+        st.sampled_from(["timeout", "allow_partial", "branching", "depth"]), st.one_of(st.just(1), hostile), max_size=3
+    ),
+    vector=st.one_of(st.just(np.ones(DIM)), hostile),
+)
+def test_hostile_client_options(index: Any, options: dict[str, Any], vector: Any) -> None:
+    client = index[2]
+    _squash_error_or_answer(lambda: client.query(vector, 3, **options))
+
+
+@HOSTILE
+@given(
+    uri=st.one_of(st.just(None), hostile),
+    version=st.one_of(st.none(), hostile),
+    function=hostile,
+    config=st.one_of(st.none(), hostile),
+)
+def test_hostile_opening(index: Any, uri: Any, version: Any, function: Any, config: Any) -> None:
+    uri = index[0] if uri is None else uri
+    _squash_error_or_answer(lambda: squash.Index.open(uri, version=version))
+    _squash_error_or_answer(lambda: squash.Client(uri, version=version, config=config).query_batch(_queries(), 3))
+    _squash_error_or_answer(lambda: squash.Client(uri, function=function, invoker=index[2].invoker))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.one_of(st.just("a"), texts, hostile),
+    column=st.one_of(
+        st.lists(st.one_of(numbers, texts), min_size=30, max_size=30),
+        st.sampled_from(HOSTILE_NUMBERS).map(lambda v: np.full(30, v)),
+        hostile,
+    ),
+    vectors=st.one_of(st.none(), hostile_arrays((30, 3)), hostile),
+    options=st.dictionaries(
+        st.sampled_from(["partitions", "metric", "bits_per_dim", "seed"]), st.one_of(st.just(1), hostile), max_size=2
+    ),
+    pipeline_options=st.dictionaries(
+        st.sampled_from(["overwrite", "workers", "progress"]), st.one_of(st.just(1), hostile), max_size=2
+    ),
+)
+def test_hostile_builds(
+    name: Any, column: Any, vectors: Any, options: dict[str, Any], pipeline_options: dict[str, Any]
+) -> None:
+    x = np.random.default_rng(0).normal(size=(30, 3)).astype(np.float32) if vectors is None else vectors
+    attributes = {name: column} if isinstance(name, str | int | float | bytes | type(None)) else None
+    _squash_error_or_answer(lambda: squash.Index.build(x, attributes, **options))
+    uri = f"memory://hostile-build-{uuid.uuid4().hex}"
+    _squash_error_or_answer(lambda: build_index(uri, x, attributes, **options, **pipeline_options))
+
+
+def _replace_somewhere(value: Any, data: st.DataObject, replacement: Any) -> Any:
+    """``value`` with one node (itself, a field, a list item, at any depth) replaced by ``replacement``."""
+    if not isinstance(value, dict | list) or not value or data.draw(st.booleans()):
+        return replacement
+    keys = list(value) if isinstance(value, dict) else list(range(len(value)))
+    key = data.draw(st.sampled_from(keys))
+    copy = dict(value) if isinstance(value, dict) else list(value)
+    copy[key] = _replace_somewhere(value[key], data, replacement)
+    return copy
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(list(EVENTS)), data=st.data())
+def test_hostile_events(index: Any, kind: type, data: st.DataObject) -> None:
+    uri, client = index[0], index[2]
+    event = _replace_somewhere(_events(uri, deadline_ms=None)[kind], data, data.draw(json_values | deep))
+    _squash_error_or_answer(lambda: kind.from_event(event))
+    role = {CoordinatorRequest: "coordinator", AllocatorRequest: "allocator", ProcessorRequest: "processor"}
+    if kind in role:
+        ctx = HandlerContext(role[kind], f"squash-{role[kind]}", client.config, client.invoker)
+        _squash_error_or_answer(lambda: handle(role[kind], event, ctx))

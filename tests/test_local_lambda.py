@@ -256,6 +256,45 @@ def test_api_errors_and_invocation_types(local_stack: LocalStack) -> None:
     assert served.keys() == local_stack.stats().keys() and served["Echo"]["invocations"] == before + 1
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"x": NaN}',
+        b'{"x": [1, Infinity]}',
+        b'{"x": -Infinity}',
+        b'{"a": 1} {"b": 2}',  # trailing content
+        b'{"a": ',
+        b"not json",
+        b'{"a": "\xff"}',  # not UTF-8
+        b"[" * 100_000 + b"]" * 100_000,
+    ],
+)
+def test_payloads_that_are_not_strict_json_are_refused_as_aws_does(local_stack: LocalStack, payload: bytes) -> None:
+    client = _client()
+    before = local_stack.stats()["Echo"]["invocations"]
+    for invocation_type in ("RequestResponse", "Event"):
+        with pytest.raises(client.exceptions.InvalidRequestContentException, match="Could not parse request body"):
+            client.invoke(FunctionName="Echo", InvocationType=invocation_type, Payload=payload)
+    assert local_stack.stats()["Echo"]["invocations"] == before
+
+
+def test_strict_json_and_empty_payloads_reach_the_handler_as_aws_delivers_them(local_stack: LocalStack) -> None:
+    client = _client()
+    strict = {"big": 10**30, "tiny": 5e-324, "text": "é\U0001f600", "escaped": "\\ud800"}
+    assert _invoke(client, "Echo", strict)[1]["event"] == strict
+    body = json.loads(client.invoke(FunctionName="Echo")["Payload"].read())
+    assert body["event"] == {}  # AWS hands an empty payload to the function as {}
+
+
+@pytest.mark.parametrize(
+    "context", ["not base64!", base64.b64encode(b"[1, 2]").decode(), base64.b64encode(b"{").decode()]
+)
+def test_client_context_must_be_base64_of_a_json_object(local_stack: LocalStack, context: str) -> None:
+    client = _client()
+    with pytest.raises(client.exceptions.InvalidRequestContentException, match="Base64-encoded JSON object"):
+        client.invoke(FunctionName="Echo", Payload=b"{}", ClientContext=context)
+
+
 def test_wait_idle_covers_calls_nobody_waits_for(local_stack: LocalStack) -> None:
     before = local_stack.stats()["Sleepy"]["invocations"]
     response, _ = _invoke(_client(), "Sleepy", {"seconds": 1}, InvocationType="Event")

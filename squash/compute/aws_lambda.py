@@ -18,6 +18,7 @@ from squash.errors import (
     LimitExceededError,
     ThrottledInvocationError,
 )
+from squash.protocol import encode_event
 
 _THROTTLED = frozenset({"TooManyRequestsException", "EC2ThrottledException", "ThrottlingException"})
 _TOO_LARGE = frozenset({"RequestTooLargeException", "RequestEntityTooLargeException"})
@@ -63,7 +64,7 @@ class LambdaInvoker:
 
         try:
             response = self.client.invoke(
-                FunctionName=function, InvocationType="RequestResponse", Payload=json.dumps(event).encode()
+                FunctionName=function, InvocationType="RequestResponse", Payload=encode_event(event)
             )
             body = response["Payload"].read()
         except ClientError as exc:

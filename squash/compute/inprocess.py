@@ -1,6 +1,6 @@
 """Functions run as threads of this process: the embedded mode, and the reference for every other invoker.
 
-Each invocation goes through exactly what runs on Lambda: the event is serialised with ``json.dumps`` and
+Each invocation goes through exactly what runs on Lambda: the event is serialised as strict JSON and
 parsed again, dispatched to the same `squash.handlers` body, and its response serialised back; failures come
 back through the same `remote_error` mapping, and payloads over the configured limit fail as on Lambda.
 
@@ -21,6 +21,7 @@ from squash.compute.base import Invoker, remote_error
 from squash.config import RuntimeConfig
 from squash.errors import InvocationError, LimitExceededError
 from squash.handlers import HandlerContext, handle
+from squash.protocol import encode_event
 from squash.storage import ObjectStore, open_store
 
 
@@ -61,18 +62,18 @@ class InProcessInvoker:
 
     def invoke(self, function: str, event: dict[str, Any]) -> dict[str, Any]:
         ctx = self.context(function)
-        request = self._encoded(function, "request", event)
+        # Requests are strict JSON, as Lambda's Invoke parses them; responses are serialised as the runtime does.
+        request = self._checked(function, "request", encode_event(event))
         try:
             response = handle(ctx.role, json.loads(request), ctx)
         except Exception as exc:
             raise remote_error(function, type(exc).__name__, str(exc)) from exc
-        return json.loads(self._encoded(function, "response", response))
+        return json.loads(self._checked(function, "response", json.dumps(response).encode()))
 
-    def _encoded(self, function: str, what: str, payload: dict[str, Any]) -> str:
-        text = json.dumps(payload)
-        if len(text) > self.config.payload_limit:
+    def _checked(self, function: str, what: str, payload: bytes) -> bytes:
+        if len(payload) > self.config.payload_limit:
             raise LimitExceededError(
-                f"the {what} of {function} is {len(text):,} bytes, over the synchronous invocation payload "
+                f"the {what} of {function} is {len(payload):,} bytes, over the synchronous invocation payload "
                 f"limit of {self.config.payload_limit:,} bytes"
             )
-        return text
+        return payload

@@ -181,7 +181,7 @@ class _Parser:
             if spec.type is AttrType.INT and abs(value) > MAX_EXACT_INT:
                 # Stored INT values lie within +-2**53, so a larger operand compares like +-(2**53 + 2),
                 # which float64 holds exactly (2**53 + 1 itself would round).
-                return math.copysign(_INT_CLAMP, value)
+                return float(_INT_CLAMP if value > 0 else -_INT_CLAMP)  # copysign would overflow on 10**400
             try:
                 return float(value)
             except OverflowError:

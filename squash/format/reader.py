@@ -16,11 +16,11 @@ from squash.errors import (
     ObjectNotFoundError,
 )
 from squash.format import partition_object, routing
-from squash.format.keys import MANIFEST_PREFIX, manifest_key, manifest_version
+from squash.format.keys import MANIFEST_PREFIX, MAX_VERSION, manifest_key, manifest_version
 from squash.format.manifest import Manifest, ObjectEntry, decode_manifest
 from squash.format.sections import ContainerHeader, contiguous_spans, section_array, unpack_all, unpack_header
 from squash.model import IndexMeta, PartitionData
-from squash.storage import ObjectStore, open_store
+from squash.storage import ObjectStore, as_store
 
 
 def list_versions(store: ObjectStore) -> list[int]:
@@ -54,8 +54,8 @@ def _no_version(store: ObjectStore, version: int) -> IndexNotFoundError:
 
 
 def _check_version(version: object) -> int:
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise InvalidInputError(f"index version must be a positive integer, got {version!r}")
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
+        raise InvalidInputError(f"index version must be an integer in 1..{MAX_VERSION:,}, got {version!r}")
     return version
 
 
@@ -112,7 +112,7 @@ def open_index(store_or_uri: ObjectStore | str, version: int | None = None, *, b
     Partition objects are read only when asked for, with `StoredIndex.load_partition` or
     `StoredIndex.load_sections`; ``store.stats`` counts every byte read.
     """
-    store = open_store(store_or_uri) if isinstance(store_or_uri, str) else store_or_uri
+    store = as_store(store_or_uri)
     manifest = load_manifest(store, version)
     if build is not None and manifest.build_id != build:
         raise index_changed(store.uri, manifest.version, manifest.build_id, build)

@@ -2,7 +2,9 @@
 
 boto3 reaches it through ``AWS_ENDPOINT_URL_LAMBDA``. Behaviour follows AWS where a caller can see it:
 ``RequestResponse``/``Event``/``DryRun`` invocation types, error envelopes with ``X-Amz-Function-Error``,
-``ResourceNotFoundException`` (404), ``RequestTooLargeException`` (413), immediate throttling with
+``ResourceNotFoundException`` (404), ``RequestTooLargeException`` (413), ``InvalidRequestContentException``
+(400) for a payload that is not strict JSON (``NaN`` and ``Infinity`` included) or a client context that is
+not base64 of a JSON object, an empty payload handed to the function as ``{}``, immediate throttling with
 ``TooManyRequestsException`` (429) when a function's workers are all busy, ``Sandbox.Timedout`` at the
 template's timeout (the worker is killed and later replaced), ``Runtime.ExitError`` when a worker dies.
 
@@ -14,7 +16,6 @@ reported to the handler) and the template's ``Runtime`` (workers run on this int
 from __future__ import annotations
 
 import base64
-import binascii
 import itertools
 import json
 import logging
@@ -383,6 +384,31 @@ class LambdaService:
             sandbox.kill()
 
 
+def _strict_json(payload: bytes) -> object:
+    """``payload`` parsed as Lambda's Invoke parses it: strict JSON, which has no NaN or Infinity.
+
+    Raises:
+        ValueError: naming what is wrong.
+    """
+    try:
+        return json.loads(payload, parse_constant=_non_standard_token)
+    except RecursionError:
+        raise ValueError("nested deeper than the parser allows") from None
+
+
+def _non_standard_token(token: str) -> None:
+    raise ValueError(f"Non-standard token '{token}': strict JSON has no NaN or Infinity")
+
+
+def _client_context(header: str) -> str | None:
+    """The decoded client context, or None unless it is base64 of a JSON object (as AWS requires)."""
+    try:
+        text = base64.b64decode(header, validate=True).decode()
+        return text if isinstance(_strict_json(text.encode()), dict) else None
+    except ValueError:  # also a bad base64 (binascii.Error) or UTF-8 (UnicodeDecodeError)
+        return None
+
+
 def _error_body(message: str, **extra: str) -> bytes:
     return json.dumps({"Type": "User", "message": message, **extra}).encode()
 
@@ -418,7 +444,14 @@ class _InvokeHandler(QuietHandler):
             message = f"Request must be smaller than {limit} bytes for the InvokeFunction operation"
             self._error(413, "RequestTooLargeException", message)
             return
-        payload = self.rfile.read(length)
+        # AWS refuses a body that is not strict JSON and hands an empty one to the function as {}.
+        payload = self.rfile.read(length) or b"{}"
+        try:
+            _strict_json(payload)
+        except ValueError as exc:
+            message = f"Could not parse request body into json: Could not parse payload into json: {exc}"
+            self._error(400, "InvalidRequestContentException", message)
+            return
         pool = self._lookup(unquote(match.group(1)), parse_qs(url.query).get("Qualifier", [None])[0])
         if pool is None:
             return
@@ -428,11 +461,11 @@ class _InvokeHandler(QuietHandler):
         if invocation_type not in ("Event", "RequestResponse"):
             self._error(400, "InvalidParameterValueException", f"Invalid invocation type: {invocation_type}")
             return
-        try:
-            context = self.headers.get("X-Amz-Client-Context")
-            client_context = base64.b64decode(context, validate=True).decode() if context else None
-        except (binascii.Error, UnicodeDecodeError):
-            self._error(400, "InvalidParameterValueException", "Client context must be base64-encoded JSON")
+        context = self.headers.get("X-Amz-Client-Context")
+        client_context = _client_context(context) if context else None
+        if context and client_context is None:
+            message = "Client context must be a valid Base64-encoded JSON object."
+            self._error(400, "InvalidRequestContentException", message)
             return
         arn = pool.spec.arn(self.service.region, self.service.account_id)
         invocation = Invocation(payload, function_arn=arn, client_context=client_context)

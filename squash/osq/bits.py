@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +33,11 @@ class BitAllocation:
 
 def total_bit_budget(bits_per_dim: float, dim: int) -> int:
     """Total vector bits for an average of ``bits_per_dim`` over ``dim`` dimensions."""
-    if not np.isfinite(bits_per_dim) or bits_per_dim <= 0 or bits_per_dim > MAX_BITS:
+    if (
+        isinstance(bits_per_dim, bool)
+        or not isinstance(bits_per_dim, numbers.Real)
+        or not 0 < bits_per_dim <= MAX_BITS  # False for NaN too
+    ):
         raise InvalidInputError(f"bits_per_dim must be in (0, {MAX_BITS}], got {bits_per_dim}; 4.0 is the default")
     budget = round(bits_per_dim * dim)
     if budget < 1:

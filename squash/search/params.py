@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -97,12 +98,18 @@ class SearchParams:
                 pass
             elif isinstance(value, bool) or not isinstance(value, int | float):
                 raise InvalidInputError(f"knob {name!r} must be a number, got {value!r}")
+            elif isinstance(value, float) and not math.isfinite(value):
+                raise InvalidInputError(f"knob {name!r} must be a finite number, got {value!r}")
             elif isinstance(default, int) or name == "max_partitions":
                 if value != int(value):
                     raise InvalidInputError(f"knob {name!r} must be an integer, got {value!r}")
                 value = int(value)
             else:
-                value = float(value)
+                try:
+                    value = float(value)
+                except OverflowError:
+                    problem = f"knob {name!r} must be a finite number, got an integer past float64's range"
+                    raise InvalidInputError(problem) from None
             values[name] = value
         return cls(**values)
 

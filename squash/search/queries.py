@@ -10,7 +10,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from squash.errors import FilterError, InvalidInputError, LimitExceededError
-from squash.filter import CompiledFilter, compile_exprs
+from squash.filter import MAX_DEPTH, CompiledFilter, compile_exprs
 from squash.model import IndexMeta, Metric
 from squash.validation import as_vectors
 
@@ -33,11 +33,28 @@ def prepare_queries(queries: object, meta: IndexMeta) -> NDArray[np.float32]:
 
 
 def canonical_filter(expr: Any) -> str:
-    """A stable text form of a JSON filter, so equal filters compile once."""
+    """A stable text form of a JSON filter, so equal filters compile once.
+
+    Only what strict JSON can carry passes: AWS Lambda refuses a payload holding NaN or infinity, and UTF-8
+    (hence any payload) cannot hold a lone surrogate, so such a filter fails here rather than in transit.
+    """
     try:
-        return json.dumps(expr, sort_keys=True, allow_nan=True)
+        text = json.dumps(expr, sort_keys=True, allow_nan=False, ensure_ascii=False)
+    except RecursionError:
+        raise FilterError(f"filter nested deeper than the limit of {MAX_DEPTH} levels; flatten it") from None
     except (TypeError, ValueError) as exc:
-        raise FilterError(f"filter is not JSON-compatible ({exc}); use dicts, lists, strings and numbers") from exc
+        raise FilterError(
+            f"filter is not strict JSON ({exc}); build it from dicts, lists, strings, booleans and finite numbers "
+            "(NaN and infinity never compare true, and a Lambda payload cannot carry them)"
+        ) from None
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        raise FilterError(
+            f"filter holds text that is not valid Unicode ({exc.reason} at {exc.object[exc.start : exc.end]!r}); "
+            "attribute names and categories are always valid UTF-8"
+        ) from None
+    return text
 
 
 def compile_filters(filter: Any, nq: int, meta: IndexMeta) -> list[CompiledFilter | None]:

@@ -14,7 +14,16 @@ from squash.storage.local import LocalStore
 from squash.storage.memory import MemoryStore
 from squash.storage.s3 import S3Store
 
-__all__ = ["LocalStore", "MemoryStore", "ObjectInfo", "ObjectStore", "S3Store", "StoreStats", "open_store"]
+__all__ = [
+    "LocalStore",
+    "MemoryStore",
+    "ObjectInfo",
+    "ObjectStore",
+    "S3Store",
+    "StoreStats",
+    "as_store",
+    "open_store",
+]
 
 _SUPPORTED = "memory://name, file:///absolute/path, s3://bucket/prefix or a plain file-system path"
 
@@ -32,6 +41,7 @@ def open_store(uri: str, *, s3_client: Any = None) -> ObjectStore:
     """
     if not isinstance(uri, str) or not uri:
         raise InvalidInputError(f"store URI must be a non-empty string, got {uri!r}; supported: {_SUPPORTED}")
+    _check_printable(uri, uri)
     scheme, sep, rest = uri.partition("://")
     scheme = scheme.lower() if sep else "file"
     if s3_client is not None and scheme != "s3":
@@ -46,10 +56,24 @@ def open_store(uri: str, *, s3_client: Any = None) -> ObjectStore:
     raise InvalidInputError(f"unsupported store URI scheme {scheme!r} in {uri!r}; supported: {_SUPPORTED}")
 
 
+def as_store(store_or_uri: ObjectStore | str) -> ObjectStore:
+    """``store_or_uri`` itself if it is an open store, else the store its URI names (see `open_store`)."""
+    return store_or_uri if isinstance(store_or_uri, ObjectStore) else open_store(store_or_uri)
+
+
 def _file_path(uri: str) -> str:
     parts = urlsplit(uri)
     if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
         raise InvalidInputError(f"file URI {uri!r} must name an absolute local path, as in file:///data/index")
     if parts.query or parts.fragment:
         raise InvalidInputError(f"file URI {uri!r} must not have a query or fragment")
-    return unquote(parts.path)
+    return _check_printable(unquote(parts.path), uri)
+
+
+def _check_printable(text: str, uri: str) -> str:
+    """No control characters (NUL truncates paths in the OS) and no lone surrogates (not encodable)."""
+    if not text.isprintable():
+        raise InvalidInputError(
+            f"store URI {uri!r} holds a control character or invalid Unicode; name the index with printable text"
+        )
+    return text

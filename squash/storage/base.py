@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from squash.errors import InvalidInputError
 
@@ -76,6 +76,7 @@ class StoreStats:
             self.gets = self.bytes_read = self.puts = self.bytes_written = 0
 
 
+@runtime_checkable
 class ObjectStore(Protocol):
     """A flat namespace of immutable byte objects under one root (`uri`).
 
