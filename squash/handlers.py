@@ -69,6 +69,9 @@ from squash.tree import TreeShape, choose_shape
 
 # Index metadata versions a container keeps (a rebuild adds one; old ones age out).
 _INDEXES_KEPT = 4
+# Store handles a container keeps, by index URI: cheap views over one shared client, bounded all the same
+# because callers choose the URIs.
+_STORES_KEPT = 64
 # Threads of this process allowed in numpy-heavy sections at once (never across a wait for an invocation).
 # On Lambda a container runs one invocation, so this never binds. In process, hundreds of node threads would
 # otherwise call BLAS together: OpenBLAS caps concurrent callers (numpy's wheels at 64, past which it warns
@@ -95,7 +98,8 @@ class HandlerContext:
     """One function container's lasting state (its module-level state on Lambda) and what it calls.
 
     ``indexes`` caches opened index metadata by (uri, version); ``partitions`` caches prepared partitions
-    by (uri, version, partition) under ``config.cache_budget`` bytes, evicting the least recently used.
+    by (uri, version, partition) under ``config.cache_budget`` bytes, evicting the least recently used;
+    ``stores`` keeps the last `_STORES_KEPT` store handles by URI.
     ``emit`` receives each invocation's own counters (the Lambda apps publish them as metrics).
     """
 
@@ -107,11 +111,12 @@ class HandlerContext:
     emit: Callable[[Mapping[str, float]], None] | None = None
     indexes: LruCache[StoredIndex] = field(init=False)
     partitions: LruCache[PreparedPartition] = field(init=False)
+    stores: LruCache[ObjectStore] = field(init=False)
 
     def __post_init__(self) -> None:
         self.indexes = LruCache(_INDEXES_KEPT, lambda _: 1)
         self.partitions = LruCache(self.config.cache_budget, lambda p: p.nbytes)
-        self._stores: dict[str, ObjectStore] = {}
+        self.stores = LruCache(_STORES_KEPT, lambda _: 1)
         self._invocations = 0
         self._lock = threading.Lock()
 
@@ -131,11 +136,8 @@ class HandlerContext:
             return self._invocations == 1
 
     def store(self, uri: str) -> ObjectStore:
-        """One store handle per URI for the container's lifetime (S3 clients are costly to build)."""
-        with self._lock:
-            if uri not in self._stores:
-                self._stores[uri] = self.open_store(uri)
-            return self._stores[uri]
+        """The store handle of ``uri``, reused while recently used."""
+        return self.stores.get(uri, lambda: self.open_store(uri))[0]
 
 
 class _Invocation:
