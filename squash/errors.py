@@ -6,6 +6,7 @@
     │   └── LimitExceededError     k, batch size, dimensions or payload over a documented limit
     ├── IndexNotFoundError         no index (manifest) at the given URI
     ├── IndexExistsError           an index already exists where a build would write
+    ├── AccessDeniedError          an index location outside the roots this function may open
     ├── StorageError               object-store failures
     │   ├── ObjectNotFoundError    a key that does not exist
     │   ├── PreconditionFailedError a conditional put lost the race
@@ -44,6 +45,10 @@ class IndexNotFoundError(SquashError):
 
 class IndexExistsError(SquashError):
     """An index already exists at the destination and overwrite was not requested."""
+
+
+class AccessDeniedError(SquashError):
+    """An index location this function is not configured to open (``RuntimeConfig.index_roots``)."""
 
 
 class StorageError(SquashError):

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from squash.access import check_allowed
 from squash.compute.base import Invoker, call
 from squash.compute.retry import Attempts, Deadline, FanOut, RetryPolicy, retrying
 from squash.config import RuntimeConfig
@@ -136,7 +137,12 @@ class HandlerContext:
             return self._invocations == 1
 
     def store(self, uri: str) -> ObjectStore:
-        """The store handle of ``uri``, reused while recently used."""
+        """The store handle of ``uri``, reused while recently used.
+
+        Every role opens its index here before any storage request, so this is where a URI outside
+        ``config.index_roots`` is refused (`AccessDeniedError`).
+        """
+        check_allowed(uri, self.config.index_roots)
         return self.stores.get(uri, lambda: self.open_store(uri))[0]
 
 

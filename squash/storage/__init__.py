@@ -14,7 +14,7 @@ from squash.storage.local import LocalStore
 from squash.storage.memory import MemoryStore
 from squash.storage.s3 import S3Store
 
-__all__ = ["LocalStore", "MemoryStore", "ObjectInfo", "ObjectStore", "S3Store", "StoreStats", "open_store"]
+__all__ = ["LocalStore", "MemoryStore", "ObjectInfo", "ObjectStore", "S3Store", "StoreStats", "file_path", "open_store"]
 
 _SUPPORTED = "memory://name, file:///absolute/path, s3://bucket/prefix or a plain file-system path"
 
@@ -42,11 +42,12 @@ def open_store(uri: str, *, s3_client: Any = None) -> ObjectStore:
         bucket, _, prefix = rest.partition("/")
         return S3Store(bucket, prefix, client=s3_client)
     if scheme == "file":
-        return LocalStore(_file_path(uri) if sep else uri)
+        return LocalStore(file_path(uri) if sep else uri)
     raise InvalidInputError(f"unsupported store URI scheme {scheme!r} in {uri!r}; supported: {_SUPPORTED}")
 
 
-def _file_path(uri: str) -> str:
+def file_path(uri: str) -> str:
+    """The local path a ``file://`` URI names."""
     parts = urlsplit(uri)
     if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
         raise InvalidInputError(f"file URI {uri!r} must name an absolute local path, as in file:///data/index")
