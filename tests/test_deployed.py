@@ -186,3 +186,16 @@ def test_a_warm_coordinator_asked_about_many_names_keeps_one_client(
     assert len(ctx.stores.lru_keys()) == _STORES_KEPT
     assert len(ctx.indexes.lru_keys()) == 0 and ctx.partitions.used == 0
     assert grown < 40, f"RSS grew {grown:.0f} MB over 1,000 index names"
+
+
+def test_an_embedded_runtime_asked_about_many_memory_names_holds_nothing() -> None:
+    from squash.storage import memory
+
+    config = RuntimeConfig()
+    ctx = HandlerContext("coordinator", "c", config, InProcessInvoker(config), open_store=open_store)
+    namespaces = len(memory._NAMESPACES)
+    for i in range(1000):
+        with pytest.raises(IndexNotFoundError):
+            handle("coordinator", _event("coordinator", f"memory://squash-missing-{i}"), ctx)
+    assert len(memory._NAMESPACES) == namespaces
+    assert len(ctx.stores.lru_keys()) == _STORES_KEPT

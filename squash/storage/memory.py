@@ -30,9 +30,12 @@ _NAMESPACES: dict[str, _Namespace] = {}
 _NAMESPACES_LOCK = threading.Lock()
 
 
-def _namespace(name: str) -> _Namespace:
+def _namespace(name: str, *, create: bool) -> _Namespace:
+    """The objects of ``name``; only a write creates them, so reading unknown names holds no memory."""
     with _NAMESPACES_LOCK:
-        return _NAMESPACES.setdefault(name, _Namespace())
+        if create:
+            return _NAMESPACES.setdefault(name, _Namespace())
+        return _NAMESPACES.get(name) or _Namespace()
 
 
 class MemoryStore:
@@ -47,14 +50,15 @@ class MemoryStore:
         self.uri = f"memory://{name}"
         self.coalesce_gap = coalesce_gap
         self.stats = StoreStats()
-        self._ns = _namespace(name)
+        self._name = name
 
     def __repr__(self) -> str:
         return f"MemoryStore({self.uri!r})"
 
     def _lookup(self, key: str) -> tuple[bytes, str]:
-        with self._ns.lock:
-            found = self._ns.objects.get(check_key(key))
+        ns = _namespace(self._name, create=False)
+        with ns.lock:
+            found = ns.objects.get(check_key(key))
         if found is None:
             raise ObjectNotFoundError(f"no object {key!r} in {self.uri}", key=key)
         return found
@@ -93,21 +97,24 @@ class MemoryStore:
         # Copy so later changes to a caller's bytearray or memoryview cannot alter the stored object.
         blob = bytes(data)
         etag = hashlib.md5(blob, usedforsecurity=False).hexdigest()
-        with self._ns.lock:
-            if not overwrite and key in self._ns.objects:
+        ns = _namespace(self._name, create=True)
+        with ns.lock:
+            if not overwrite and key in ns.objects:
                 raise PreconditionFailedError(f"object {key!r} already exists in {self.uri}", key=key)
-            self._ns.objects[key] = (blob, etag)
+            ns.objects[key] = (blob, etag)
         self.stats.record_put(len(blob))
         return ObjectInfo(key, len(blob), etag)
 
     def list(self, prefix: str = "") -> list[str]:
         """Return the keys that start with ``prefix``, sorted."""
         check_prefix(prefix)
-        with self._ns.lock:
-            return sorted(k for k in self._ns.objects if k.startswith(prefix))
+        ns = _namespace(self._name, create=False)
+        with ns.lock:
+            return sorted(k for k in ns.objects if k.startswith(prefix))
 
     def delete(self, key: str) -> None:
         """Remove the object if it exists."""
         check_key(key)
-        with self._ns.lock:
-            self._ns.objects.pop(key, None)
+        ns = _namespace(self._name, create=False)
+        with ns.lock:
+            ns.objects.pop(key, None)
