@@ -55,8 +55,13 @@ class MemoryStore:
     def __repr__(self) -> str:
         return f"MemoryStore({self.uri!r})"
 
+    @property
+    def _ns(self) -> _Namespace:
+        """The objects of this name to read: empty, and not kept, until something is written."""
+        return _namespace(self._name, create=False)
+
     def _lookup(self, key: str) -> tuple[bytes, str]:
-        ns = _namespace(self._name, create=False)
+        ns = self._ns
         with ns.lock:
             found = ns.objects.get(check_key(key))
         if found is None:
@@ -108,13 +113,13 @@ class MemoryStore:
     def list(self, prefix: str = "") -> list[str]:
         """Return the keys that start with ``prefix``, sorted."""
         check_prefix(prefix)
-        ns = _namespace(self._name, create=False)
+        ns = self._ns
         with ns.lock:
             return sorted(k for k in ns.objects if k.startswith(prefix))
 
     def delete(self, key: str) -> None:
         """Remove the object if it exists."""
         check_key(key)
-        ns = _namespace(self._name, create=False)
+        ns = self._ns
         with ns.lock:
             ns.objects.pop(key, None)
