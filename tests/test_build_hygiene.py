@@ -182,3 +182,19 @@ def test_the_probe_leaves_nothing_behind(tmp_path: Path) -> None:
     assert sorted(_files(root)) == sorted(store.list())
     assert not [key for key in store.list() if "probe" in key]
     assert open_index(store).manifest.build_id == build
+
+
+def test_gc_collects_a_build_that_never_published_on_s3(s3: Any) -> None:
+    """A first build that dies before its manifest (here: its publish and its cleanup fail) leaves objects
+    that no version references; S3 puts are atomic, so these are whole objects under builds/<id>/."""
+    store = open_store("s3://squash-read-only/indexes/never-published")
+    dying = FaultInjectingStore(store, [Fault(ops=frozenset({"put_if_absent", "delete"}), error=StorageError)])
+    with pytest.raises(StorageError):
+        build_index(dying, np.random.default_rng(0).normal(size=(300, 8)), partitions=2)
+    left = store.list()
+    # 2 partitions, the routing object and the write probe (deletes failed too): all under one build
+    assert len(left) == 4 and len({key.split("/")[1] for key in left}) == 1 and list_versions(store) == []
+    assert collect_garbage(store) == []
+    deleted = collect_garbage(store, now=datetime.now(UTC) + timedelta(hours=2))
+    assert sorted(info.key for info in deleted) == left and all(info.size > 0 for info in deleted)
+    assert store.list() == []
