@@ -117,6 +117,8 @@ Globals:
         SQUASH_MAX_FAN_OUT: !Ref MaxFanOut
         # Above every callee's timeout, so a caller never gives up on (and retries) a child still running.
         SQUASH_INVOKE_TIMEOUT: !Ref CoordinatorTimeout
+        # The only index locations the functions open, the same the IAM policies below let them read.
+        SQUASH_INDEX_ROOTS: !Sub "s3://${{IndexBucket}}/${{IndexPrefix}}"
 
 Resources:
   IndexBucket:

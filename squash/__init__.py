@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from squash.errors import (
+    AccessDeniedError,
     CorruptObjectError,
     FilterError,
     IncompleteResultError,
@@ -38,6 +39,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "AccessDeniedError",
     "Client",
     "CorruptObjectError",
     "FilterError",

@@ -1,22 +1,30 @@
-"""``squash build`` and ``squash info``: build an index from files, describe a stored index.
+"""``squash build``, ``squash info`` and ``squash gc``: build an index from files, describe a stored index,
+delete what no recent version uses.
 
-`register` adds both subcommands to the main parser; each sets ``handler(args) -> exit code``, as
+`register` adds the subcommands to the main parser; each sets ``handler(args) -> exit code``, as
 `squash.cli` expects.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
+from datetime import timedelta
 from typing import Any
 
+from squash.errors import InvalidInputError
 from squash.format.reader import list_versions, load_manifest
+from squash.format.writer import collect_garbage
 from squash.model import Metric
 from squash.pipeline import build_index
 from squash.storage import open_store
 
+_AGE = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_AGE_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``build`` and ``info`` subcommands to ``subparsers`` (from ``add_subparsers``)."""
+    """Add the ``build``, ``info`` and ``gc`` subcommands to ``subparsers`` (from ``add_subparsers``)."""
     build = subparsers.add_parser(
         "build",
         help="build an index from vector files and store it",
@@ -49,6 +57,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("uri", metavar="URI")
     info.add_argument("--version", type=int, help="a published version (default: the latest)")
     info.set_defaults(handler=_info)
+
+    gc = subparsers.add_parser(
+        "gc",
+        help="delete old versions and the objects of failed or killed builds",
+        description="Delete manifests older than the latest --keep versions, the objects of builds none of "
+        "them use (killed builds included) and abandoned temporary files, all older than --min-age.",
+    )
+    gc.add_argument("uri", metavar="URI")
+    gc.add_argument("--keep", type=int, default=2, help="latest versions to keep (default 2)")
+    gc.add_argument(
+        "--min-age",
+        type=_age,
+        default=timedelta(hours=1),
+        metavar="AGE",
+        help="spare builds younger than this, as 90s, 30m, 1h or 2d (default 1h); longer than any build runs",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="print what would be deleted, delete nothing")
+    gc.set_defaults(handler=_gc)
+
+
+def _age(text: str) -> timedelta:
+    match = _AGE.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an age such as 90s, 30m, 1h or 2d")
+    return timedelta(seconds=float(match.group(1)) * _AGE_UNITS[match.group(2)])
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -117,6 +150,19 @@ def _calibration(calibration: Any) -> list[str]:
         exact = f"; exact search faster from r{faster}" if faster is not None and faster <= rows[-1][0] else ""
         lines.append(f"  {kind:<10} {table}{exact}")
     return lines
+
+
+def _gc(args: argparse.Namespace) -> int:
+    store = open_store(args.uri)
+    garbage = collect_garbage(store, keep=args.keep, min_age=args.min_age, dry_run=args.dry_run)
+    if not garbage and not store.list():
+        raise InvalidInputError(f"nothing is stored at {store.uri}; check the URI")
+    verb = "would delete" if args.dry_run else "deleted"
+    for info in garbage:
+        print(f"{verb} {info.size:>12} {info.key}")
+    freed = sum(info.size for info in garbage)
+    print(f"{verb} {len(garbage)} objects, {_size(freed)} ({freed} bytes) {'to free' if args.dry_run else 'freed'}")
+    return 0
 
 
 def _attribute(spec: Any) -> str:

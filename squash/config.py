@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+from squash.access import ANY, check_roots
 from squash.errors import InvalidInputError
 
 # Lambda's limit on a synchronous (RequestResponse) request or response payload.
@@ -25,6 +26,7 @@ ENV_CACHE_FRACTION = "SQUASH_CACHE_FRACTION"
 ENV_QUERIES_PER_ALLOCATOR = "SQUASH_QUERIES_PER_ALLOCATOR"
 ENV_MAX_FAN_OUT = "SQUASH_MAX_FAN_OUT"
 ENV_INVOKE_TIMEOUT = "SQUASH_INVOKE_TIMEOUT"
+ENV_INDEX_ROOTS = "SQUASH_INDEX_ROOTS"
 
 _DEFAULT_SLOTS = 10
 
@@ -51,6 +53,8 @@ class RuntimeConfig:
         hedge_min_seconds: a processor call running longer than this and than its siblings' p95 gets a
             duplicate; the first answer wins (processors are idempotent).
         deadline_margin: seconds each level keeps back from its deadline to send its answer up.
+        index_roots: the only index locations the functions open (``s3://bucket/prefix`` and what lies
+            under it, see `squash.access`); None opens any location, as the caller could itself (embedded).
     """
 
     coordinator_function: str = "squash-coordinator"
@@ -69,6 +73,7 @@ class RuntimeConfig:
     retry_max_delay: float = 2.0
     hedge_min_seconds: float = 1.0
     deadline_margin: float = 0.05
+    index_roots: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         names = (self.coordinator_function, self.allocator_function, *self.processor_functions)
@@ -92,6 +97,8 @@ class RuntimeConfig:
         for ok, message in checks:
             if not ok:
                 raise InvalidInputError(f"RuntimeConfig: {message}")
+        if self.index_roots is not None:
+            check_roots(self.index_roots)
 
     @property
     def cache_budget(self) -> int:
@@ -110,10 +117,12 @@ class RuntimeConfig:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RuntimeConfig:
-        """Read the ``ENV_*`` variables; unset ones keep their defaults.
+        """Read the ``ENV_*`` variables; unset ones keep their defaults, except the index roots.
 
         Processor slots come from ``SQUASH_PROCESSOR_FUNCTIONS`` (comma-separated names or ARNs) or from
         ``SQUASH_PROCESSOR_PREFIX`` plus ``SQUASH_PROCESSOR_COUNT`` (names prefix0 ... prefix{count-1}).
+        ``SQUASH_INDEX_ROOTS`` lists the allowed index roots, comma-separated, or ``*`` for any location; a
+        function configured from the environment without it opens no index at all.
         """
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
@@ -138,6 +147,8 @@ class RuntimeConfig:
         ):
             if env.get(variable):
                 values[name] = _env_number(env, variable, kind, None)
+        roots = env.get(ENV_INDEX_ROOTS, "").strip()
+        values["index_roots"] = None if roots == ANY else tuple(r.strip() for r in roots.split(",") if r.strip())
         return replace(cls(), **values)  # type: ignore[arg-type]
 
 

@@ -7,6 +7,7 @@
     ├── IndexNotFoundError         no index (manifest) at the given URI
     ├── IndexChangedError          the index was deleted and built again while a query used it
     ├── IndexExistsError           an index already exists where a build would write
+    ├── AccessDeniedError          an index location outside the roots this function may open
     ├── StorageError               object-store failures
     │   ├── ObjectNotFoundError    a key that does not exist
     │   ├── PreconditionFailedError a conditional put lost the race
@@ -49,6 +50,10 @@ class IndexChangedError(SquashError):
 
 class IndexExistsError(SquashError):
     """An index already exists at the destination and overwrite was not requested."""
+
+
+class AccessDeniedError(SquashError):
+    """An index location this function is not configured to open (``RuntimeConfig.index_roots``)."""
 
 
 class StorageError(SquashError):

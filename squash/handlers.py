@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from squash.access import check_allowed
 from squash.compute.base import Invoker, call
 from squash.compute.retry import Attempts, Deadline, FanOut, RetryPolicy, retrying
 from squash.config import RuntimeConfig
@@ -73,6 +74,9 @@ from squash.tree import TreeShape, choose_shape
 _INDEXES_KEPT = 4
 # Published manifests (uri, version, etag) whose build id a coordinator remembers: a few strings each.
 _MANIFESTS_KEPT = 64
+# Store handles a container keeps, by index URI: cheap views over one shared client, bounded all the same
+# because callers choose the URIs.
+_STORES_KEPT = 64
 # Threads of this process allowed in numpy-heavy sections at once (never across a wait for an invocation).
 # On Lambda a container runs one invocation, so this never binds. In process, hundreds of node threads would
 # otherwise call BLAS together: OpenBLAS caps concurrent callers (numpy's wheels at 64, past which it warns
@@ -103,8 +107,8 @@ class HandlerContext:
     by (uri, version, build); ``partitions`` caches prepared partitions by (uri, build, partition) under
     ``config.cache_budget`` bytes, evicting the least recently used; ``builds`` remembers the build of each
     published manifest (uri, version, etag) a coordinator has seen, so a warm request checks its index with
-    one listing (or HEAD) and no read. ``emit`` receives each invocation's own counters (the Lambda apps
-    publish them as metrics).
+    one listing (or HEAD) and no read; ``stores`` keeps the last `_STORES_KEPT` store handles by URI.
+    ``emit`` receives each invocation's own counters (the Lambda apps publish them as metrics).
     """
 
     role: str
@@ -116,12 +120,13 @@ class HandlerContext:
     indexes: LruCache[StoredIndex] = field(init=False)
     builds: LruCache[str] = field(init=False)
     partitions: LruCache[PreparedPartition] = field(init=False)
+    stores: LruCache[ObjectStore] = field(init=False)
 
     def __post_init__(self) -> None:
         self.indexes = LruCache(_INDEXES_KEPT, lambda _: 1)
         self.builds = LruCache(_MANIFESTS_KEPT, lambda _: 1)
         self.partitions = LruCache(self.config.cache_budget, lambda p: p.nbytes)
-        self._stores: dict[str, ObjectStore] = {}
+        self.stores = LruCache(_STORES_KEPT, lambda _: 1)
         self._invocations = 0
         self._lock = threading.Lock()
 
@@ -141,11 +146,13 @@ class HandlerContext:
             return self._invocations == 1
 
     def store(self, uri: str) -> ObjectStore:
-        """One store handle per URI for the container's lifetime (S3 clients are costly to build)."""
-        with self._lock:
-            if uri not in self._stores:
-                self._stores[uri] = self.open_store(uri)
-            return self._stores[uri]
+        """The store handle of ``uri``, reused while recently used.
+
+        Every role opens its index here before any storage request, so this is where a URI outside
+        ``config.index_roots`` is refused (`AccessDeniedError`).
+        """
+        check_allowed(uri, self.config.index_roots)
+        return self.stores.get(uri, lambda: self.open_store(uri))[0]
 
 
 class _Invocation:

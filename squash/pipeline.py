@@ -1,7 +1,8 @@
 """Build an index and store it: validate everything, build in memory, write objects, publish the manifest.
 
-Nothing reaches the destination until every input and parameter has been checked and the build has
-succeeded; the manifest, written last with a conditional put, is what makes the new version visible.
+A destination that refuses writes fails first (a probe object is written and deleted), then nothing
+reaches it until every input and parameter has been checked and the build has succeeded; the manifest,
+written last with a conditional put, is what makes the new version visible.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import Any
 from squash.build import build_in_memory, check_build_params
 from squash.calibration import DEFAULT_TARGET, check_target
 from squash.errors import InvalidInputError
+from squash.format.keys import new_build_id
 from squash.format.reader import list_versions
-from squash.format.writer import existing_version_error, write_index
+from squash.format.writer import check_writable, existing_version_error, write_index
 from squash.ingest import describe, merge_attributes, read_attributes, read_vectors
 from squash.model import Metric
 from squash.osq.bits import total_bit_budget
@@ -124,7 +126,8 @@ def build_index(
             raise InvalidInputError(f"{name} must be True or False, got {flag!r}")
     check_target(target_recall)
     store = as_store(uri)
-    _check_destination(store, overwrite=overwrite)
+    build_id = new_build_id()
+    _check_destination(store, build_id, overwrite=overwrite)
 
     with _bar(progress, "check input", "rows") as bar:
         source = read_vectors(vectors, progress=bar.update)
@@ -157,7 +160,14 @@ def build_index(
     }
     with _bar(progress, "write", "B") as bar:
         result = write_index(
-            store, meta, parts, overwrite=overwrite, build=build_info, workers=workers, on_written=bar.update
+            store,
+            meta,
+            parts,
+            overwrite=overwrite,
+            build=build_info,
+            workers=workers,
+            on_written=bar.update,
+            build_id=build_id,
         )
     finished = time.perf_counter()
     manifest = result.manifest
@@ -181,13 +191,19 @@ def build_index(
     )
 
 
-def _check_destination(store: ObjectStore, *, overwrite: bool) -> None:
-    """Fail before any work if the destination cannot be written or already holds an index."""
+def _check_destination(store: ObjectStore, build_id: str, *, overwrite: bool) -> None:
+    """Fail before any work if the destination cannot be written or already holds an index.
+
+    A local folder that does not exist yet is checked on its nearest existing parent, so that a refused
+    build leaves nothing behind; any other destination takes a probe write under the build's prefix.
+    """
     if isinstance(store, LocalStore):
         _check_local_writable(Path(store.root))
     versions = list_versions(store)
     if versions and not overwrite:
         raise existing_version_error(store, versions[-1])
+    if not isinstance(store, LocalStore) or os.path.isdir(store.root):
+        check_writable(store, build_id)
 
 
 def _check_local_writable(root: Path) -> None:

@@ -70,7 +70,8 @@ def _build(uri: str, n: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarra
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     # Module-scoped, not session-scoped: the stack's exported endpoints must not outlive these tests.
-    with LocalStack(TEMPLATE, workers=2, scratch_dir=tmp_path_factory.mktemp("squash-e2e")) as stack:
+    scratch = tmp_path_factory.mktemp("squash-e2e")
+    with LocalStack(TEMPLATE, workers=2, scratch_dir=scratch, index_roots=[f"s3://{BUCKET}/indexes/"]) as stack:
         stack.client("s3").create_bucket(Bucket=BUCKET)
         uri = f"s3://{BUCKET}/indexes/e2e"
         base, attrs, queries = _build(uri, 2400, seed=0)
@@ -182,3 +183,14 @@ def test_errors_cross_the_wire_with_their_class(deployment: Deployment) -> None:
         deployment.client(f"s3://{BUCKET}/indexes/absent").query(deployment.queries[0], k=5)
     with pytest.raises(squash.InvocationError, match="ResourceNotFound"):
         squash.Client(deployment.uri, function="no-such-function").query(deployment.queries[0], k=5)
+
+
+def test_functions_refuse_indexes_outside_their_roots(deployment: Deployment, tmp_path: Path) -> None:
+    local = tmp_path / "index"
+    build_index(str(local), deployment.base[:200], partitions=1)
+    other = "s3://squash-e2e-other/indexes/e2e"
+    deployment.stack.client("s3").create_bucket(Bucket="squash-e2e-other")
+    build_index(other, deployment.base[:200], partitions=1)
+    for uri in (local.as_uri(), str(local), other, f"s3://{BUCKET}/indexes/../indexes/e2e", f"s3://{BUCKET}/other"):
+        with pytest.raises(squash.AccessDeniedError, match=f"s3://{BUCKET}/indexes/"):
+            deployment.client(uri).query(deployment.queries[0], k=5)

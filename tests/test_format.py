@@ -401,8 +401,8 @@ def test_collect_garbage(index_a: Built, index_b: Built) -> None:
     builds = {build_id_of(k) for k in store.list("builds/")}
     assert len(builds) == 4
 
-    assert collect_garbage(store, keep=2) == [manifest_key(1)]  # young orphans are kept
-    deleted = collect_garbage(store, keep=1, min_age=timedelta(0))
+    assert [info.key for info in collect_garbage(store, keep=2)] == [manifest_key(1)]  # young orphans are kept
+    deleted = [info.key for info in collect_garbage(store, keep=1, min_age=timedelta(0))]
     assert manifest_key(2) in deleted
     assert list_versions(store) == [3]
     assert {build_id_of(k) for k in store.list("builds/")} == {open_index(store).manifest.build_id}

@@ -605,7 +605,8 @@ def test_runtime_config_from_env() -> None:
     assert config.cache_budget == int(1024 * 2**20 * 0.6)
     listed = RuntimeConfig.from_env({"SQUASH_PROCESSOR_FUNCTIONS": "a, b", "SQUASH_ALLOCATOR_FUNCTION": "alloc"})
     assert (listed.processor_functions, listed.allocator_function) == (("a", "b"), "alloc")
-    assert RuntimeConfig.from_env({}) == RuntimeConfig()
+    # Deployed functions open no index unless SQUASH_INDEX_ROOTS names its root (tests/test_deployed.py).
+    assert RuntimeConfig.from_env({}) == RuntimeConfig(index_roots=())
     with pytest.raises(InvalidInputError, match="AWS_LAMBDA_FUNCTION_MEMORY_SIZE"):
         RuntimeConfig.from_env({"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "lots"})
     with pytest.raises(InvalidInputError, match="not both"):
@@ -656,6 +657,7 @@ def test_processor_app_answers_the_canned_event(
     request = ProcessorRequest.from_event(event)
     monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "squash-processor-0")
     monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
+    monkeypatch.setenv("SQUASH_INDEX_ROOTS", request.index.uri)  # the app opens only its configured roots
     spec = importlib.util.spec_from_file_location("processor_app", REPO / "functions" / "processor" / "app.py")
     assert spec is not None and spec.loader is not None
     app = importlib.util.module_from_spec(spec)

@@ -140,6 +140,15 @@ def test_functions_read_only_the_index_prefix_and_invoke_only_each_other(templat
     assert {"lambda:InvokeFunction", "s3:GetObject", "s3:ListBucket"} <= actions["CoordinatorRole"]
 
 
+def test_functions_open_only_the_prefix_iam_lets_them_read(template: dict[str, Any]) -> None:
+    roots = template["Globals"]["Function"]["Environment"]["Variables"]["SQUASH_INDEX_ROOTS"]
+    # The same bucket and prefix as the s3:GetObject and s3:ListBucket grants above.
+    assert roots == {"Fn::Sub": "s3://${IndexBucket}/${IndexPrefix}"}
+    for spec in load_functions(TEMPLATE, parameters={"IndexPrefix": "team/indexes/"}):
+        config = RuntimeConfig.from_env(spec.environment)
+        assert config.index_roots == ("s3://local-indexbucket/team/indexes/",), spec.name
+
+
 def test_nothing_is_publicly_invocable(template: dict[str, Any]) -> None:
     kinds = {resource["Type"] for resource in template["Resources"].values()}
     assert "AWS::Lambda::Url" not in kinds

@@ -5,6 +5,7 @@ Layout::
     manifests/v0000000001.msgpack      one per published version; the commit point of a build
     builds/<build_id>/routing.sqr      all partitions' attribute codes, for the planner
     builds/<build_id>/part-00000.sqp   one immutable object per partition
+    builds/<build_id>/write-probe      written and deleted first, to check the destination takes writes
 
 A build writes only under its own ``builds/<build_id>/`` prefix, so nothing it writes is visible to readers
 until its manifest lands.
@@ -52,6 +53,10 @@ def partition_key(build_id: str, partition: int) -> str:
 
 def routing_key(build_id: str) -> str:
     return f"{build_prefix(build_id)}routing.sqr"
+
+
+def probe_key(build_id: str) -> str:
+    return f"{build_prefix(build_id)}write-probe"
 
 
 def build_id_of(key: str) -> str | None:

@@ -26,12 +26,13 @@ from squash.format.keys import (
     manifest_key,
     new_build_id,
     partition_key,
+    probe_key,
     routing_key,
 )
 from squash.format.manifest import Manifest, ObjectEntry, encode_manifest
 from squash.format.reader import list_versions, load_manifest
 from squash.model import IndexMeta, PartitionData
-from squash.storage import ObjectStore
+from squash.storage import LocalStore, ObjectInfo, ObjectStore
 
 # Each in-flight put holds one encoded partition in memory; four streams already fill a typical network link.
 MAX_CONCURRENT_PUTS = 4
@@ -65,18 +66,19 @@ def write_index(
     build: Mapping[str, Any] | None = None,
     workers: int | None = None,
     on_written: Callable[[int], None] | None = None,
+    build_id: str | None = None,
 ) -> WriteResult:
     """Store ``meta`` and ``parts`` (in partition order) as a new version of the index at ``store``.
 
     ``build`` is informational metadata kept in the manifest; ``on_written(nbytes)`` is called after each
-    object is stored (from worker threads).
+    object is stored (from worker threads). ``build_id`` is the one `check_writable` was given, if any.
     """
     if [p.partition for p in parts] != list(range(meta.n_partitions)):
         raise InvalidInputError("parts must hold every partition of meta, in partition order")
     versions = list_versions(store)
     if versions and not overwrite:
         raise existing_version_error(store, versions[-1])
-    build_id = new_build_id()
+    build_id = build_id or new_build_id()
     written: list[str] = []
 
     def put(key: str, blob: bytes) -> None:
@@ -125,6 +127,26 @@ def write_index(
         raise
 
 
+def check_writable(store: ObjectStore, build_id: str) -> None:
+    """Write and delete a small object under the build's own prefix, so that a destination refusing
+    writes fails the build before any work rather than after all of it.
+
+    Raises `StorageError` naming the destination. A refused delete is no reason to fail: the probe
+    object is then left in the build's prefix, which is collected with the build.
+    """
+    key = probe_key(build_id)
+    try:
+        store.put(key, b"squash write probe\n")
+    except StorageError as e:
+        raise StorageError(
+            f"cannot build an index at {store.uri}: it refuses writes ({e}). Grant this process write access "
+            "there (on S3: s3:PutObject on the prefix) or choose another destination",
+            key=key,
+        ) from e
+    with contextlib.suppress(StorageError):
+        store.delete(key)
+
+
 def _publish(store: ObjectStore, manifest: Manifest, *, overwrite: bool) -> WriteResult:
     for _ in range(_PUBLISH_ATTEMPTS):
         versions = list_versions(store)
@@ -155,25 +177,32 @@ def collect_garbage(
     keep: int = 2,
     min_age: timedelta = timedelta(hours=1),
     now: datetime | None = None,
-) -> list[str]:
+    dry_run: bool = False,
+) -> list[ObjectInfo]:
     """Delete manifests older than the latest ``keep`` versions and objects of builds none of those use.
 
-    Unreferenced builds younger than ``min_age`` are kept: they may belong to a build still writing.
-    Old manifests go first, so no reader can open a version whose objects are already gone. Returns the
-    deleted keys.
+    Objects of builds that never published (a first build that was killed included) count as unused, and
+    so do a local store's temporary files of writes that never finished. Anything younger than ``min_age``
+    is kept: it may belong to a build still writing, so ``min_age`` must exceed the longest build. Old
+    manifests go first, so no reader can open a version whose objects are already gone. Returns what was
+    deleted (with ``dry_run``, what would be), keys sorted within each kind.
     """
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
         raise InvalidInputError(f"keep must be a positive integer number of versions, got {keep!r}")
+    if not isinstance(min_age, timedelta) or min_age < timedelta(0):
+        raise InvalidInputError(f"min_age must be a timedelta >= 0, got {min_age!r}")
     versions = list_versions(store)
-    if not versions:
-        return []
     referenced = {load_manifest(store, v).build_id for v in versions[-keep:]}
-    deleted = [manifest_key(v) for v in versions[:-keep]]
+    keys = [manifest_key(v) for v in versions[:-keep]]
     cutoff = (now or datetime.now(UTC)) - min_age
     for key in store.list(BUILD_PREFIX):
         build_id = build_id_of(key)
         if build_id is not None and build_id not in referenced and build_time(build_id) <= cutoff:
-            deleted.append(key)
-    for key in deleted:
-        store.delete(key)
-    return deleted
+            keys.append(key)
+    garbage = [store.head(key) for key in keys]
+    if not dry_run:
+        for key in keys:
+            store.delete(key)
+    if isinstance(store, LocalStore):
+        garbage += store.abandoned_writes(cutoff, delete=not dry_run)
+    return garbage

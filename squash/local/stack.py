@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from squash.access import ANY, check_roots
+from squash.config import ENV_INDEX_ROOTS
 from squash.errors import InvalidInputError
 from squash.local.lambda_service import LambdaService
 from squash.local.template import DEFAULT_ACCOUNT, DEFAULT_REGION, FunctionSpec, load_functions
@@ -44,6 +46,10 @@ class LocalStack:
         process's own stdout/stderr.
     scratch_dir
         Folder for worker ``TMPDIR``s and logs; a temporary folder (deleted on exit) by default.
+    index_roots
+        The index roots the functions may open (``SQUASH_INDEX_ROOTS``, see `squash.access`), as a deployed
+        stack's ``IndexBucket``/``IndexPrefix``; None lets them open any index their workers can reach, as
+        the embedded `squash.Client` does.
 
     After ``__enter__``: ``s3_endpoint_url``, ``lambda_endpoint_url``, ``env`` (the exported variables),
     ``lambda_service``, ``functions`` (name -> `FunctionSpec`) and ``scratch_dir``.
@@ -61,7 +67,11 @@ class LocalStack:
         export_env: bool = True,
         worker_output: Literal["files", "console"] = "files",
         scratch_dir: str | Path | None = None,
+        index_roots: Iterable[str] | None = None,
     ) -> None:
+        self.index_roots = None if index_roots is None else tuple(index_roots)
+        if self.index_roots is not None:
+            check_roots(self.index_roots)
         specs = list(functions)
         if template is not None:
             specs = load_functions(template, parameters=parameters, region=region) + specs
@@ -117,6 +127,7 @@ class LocalStack:
             "AWS_REGION": self.region,
             # botocore's default aws-chunked checksum stream makes moto puts several times slower.
             "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+            ENV_INDEX_ROOTS: ANY if self.index_roots is None else ",".join(self.index_roots),
         }
         log_dir = self.scratch_dir / "logs" if self._worker_output == "files" else None
         self.lambda_service = LambdaService(

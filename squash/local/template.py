@@ -2,10 +2,11 @@
 
 Only what a local worker needs is read: name, code folder, handler, memory, timeout, reserved concurrency and
 environment, with ``Globals.Function`` merged in. CloudFormation intrinsics are tolerated: ``!Ref`` to a
-parameter resolves to its value (override or ``Default``), ``!Ref``/``!GetAtt …Arn`` to a function resolve to
-its local name and ARN, and ``!Sub``/``!Join``/``!Select``/``!Split`` resolve when their parts do. An
-environment variable whose value cannot be resolved (``!ImportValue``, ``!If``, attributes of other resources)
-is left out with a warning; pass it through ``parameters`` or the stack environment instead.
+parameter resolves to its value (override or ``Default``), ``!Ref``/``!GetAtt …Arn`` to a function or bucket
+resolve to its local name and ARN (an unnamed bucket is ``<stack>-<logical id in lowercase>``), and
+``!Sub``/``!Join``/``!Select``/``!Split`` resolve when their parts do. An environment variable whose value
+cannot be resolved (``!ImportValue``, ``!If``, attributes of other resources) is left out with a warning;
+pass it through ``parameters`` or the stack environment instead.
 """
 
 from __future__ import annotations
@@ -114,8 +115,10 @@ class _Resolver:
             if resource.get("Type") in (_FUNCTION_TYPE, "AWS::Lambda::Function"):
                 name = self.refs.setdefault(logical_id, logical_id)
                 self.arns[logical_id] = f"arn:aws:lambda:{region}:{account}:function:{name}"
-            elif resource.get("Type") == "AWS::S3::Bucket" and logical_id in self.refs:
-                self.arns[logical_id] = f"arn:aws:s3:::{self.refs[logical_id]}"
+            elif resource.get("Type") == "AWS::S3::Bucket":
+                # An unnamed bucket gets a generated name, <stack>-<logical id> (CloudFormation adds a suffix).
+                name = self.refs.setdefault(logical_id, f"{self.refs['AWS::StackName']}-{logical_id.lower()}")
+                self.arns[logical_id] = f"arn:aws:s3:::{name}"
 
     def resolve(self, value: Any) -> Any:
         """``value`` with every intrinsic evaluated; raises `_Unresolved` when one cannot be."""

@@ -22,6 +22,7 @@ __all__ = [
     "S3Store",
     "StoreStats",
     "as_store",
+    "file_path",
     "open_store",
 ]
 
@@ -52,7 +53,7 @@ def open_store(uri: str, *, s3_client: Any = None) -> ObjectStore:
         bucket, _, prefix = rest.partition("/")
         return S3Store(bucket, prefix, client=s3_client)
     if scheme == "file":
-        return LocalStore(_file_path(uri) if sep else uri)
+        return LocalStore(file_path(uri) if sep else uri)
     raise InvalidInputError(f"unsupported store URI scheme {scheme!r} in {uri!r}; supported: {_SUPPORTED}")
 
 
@@ -61,7 +62,8 @@ def as_store(store_or_uri: ObjectStore | str) -> ObjectStore:
     return store_or_uri if isinstance(store_or_uri, ObjectStore) else open_store(store_or_uri)
 
 
-def _file_path(uri: str) -> str:
+def file_path(uri: str) -> str:
+    """The local path a ``file://`` URI names."""
     parts = urlsplit(uri)
     if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
         raise InvalidInputError(f"file URI {uri!r} must name an absolute local path, as in file:///data/index")

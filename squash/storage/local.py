@@ -7,7 +7,9 @@ import os
 import stat
 import uuid
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from squash.errors import InvalidInputError, ObjectNotFoundError, PreconditionFailedError, StorageError
 from squash.storage.base import (
@@ -162,7 +164,7 @@ class LocalStore:
         return infos
 
     def delete(self, key: str) -> None:
-        """Remove the file if it exists."""
+        """Remove the file if it exists, and the directories it leaves empty (never the root)."""
         path = self._path(key)
         try:
             os.unlink(path)
@@ -170,19 +172,67 @@ class LocalStore:
             pass
         except OSError as e:
             raise StorageError(f"cannot delete object {key!r} at {path}: {e}", key=key) from e
+        _prune(os.path.dirname(path), self.root)
+
+    def abandoned_writes(self, before: datetime, *, delete: bool = False) -> list[ObjectInfo]:
+        """Temporary files of writes whose writer died (killed before it could clean up), last modified
+        before ``before``; removed too if ``delete``. Keys are their paths relative to the root.
+
+        They are invisible to `list`, so nothing else ever finds them.
+        """
+        found = []
+        cutoff = before.timestamp()
+        for dirpath, _, filenames in os.walk(self.root):
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                if not name.endswith(_TMP_SUFFIX):
+                    continue
+                try:
+                    st = os.stat(path)
+                    if st.st_mtime >= cutoff:
+                        continue
+                    if delete:
+                        os.unlink(path)
+                except FileNotFoundError:
+                    continue  # its writer finished or cleaned up meanwhile
+                except OSError as e:
+                    raise StorageError(f"cannot remove abandoned temporary file {path}: {e}") from e
+                found.append(_info(os.path.relpath(path, self.root).replace(os.sep, "/"), st))
+                if delete:
+                    _prune(dirpath, self.root)
+        return sorted(found, key=lambda info: info.key)
 
 
 def _info(key: str, st: os.stat_result) -> ObjectInfo:
     return ObjectInfo(key, st.st_size, f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}")
 
 
+def _prune(directory: str, root: str) -> None:
+    """Remove ``directory`` and its parents below ``root`` while they are empty."""
+    while os.path.normpath(directory) != os.path.normpath(root):
+        try:
+            os.rmdir(directory)
+        except OSError:
+            return  # not empty (or already gone): parents are not empty either
+        directory = os.path.dirname(directory)
+
+
+def _open_new(directory: str, tmp: str) -> BinaryIO:
+    os.makedirs(directory, exist_ok=True)
+    try:
+        return open(tmp, "xb")
+    except FileNotFoundError:
+        # A concurrent delete pruned the directory between makedirs and open: make it again, once.
+        os.makedirs(directory, exist_ok=True)
+        return open(tmp, "xb")
+
+
 def _write_temp(path: str, data: bytes) -> tuple[str, os.stat_result]:
     """Write ``data`` durably to a new temporary file beside ``path``; return its name and status."""
     directory, name = os.path.split(path)
-    os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex}{_TMP_SUFFIX}")
     try:
-        with open(tmp, "xb") as f:
+        with _open_new(directory, tmp) as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

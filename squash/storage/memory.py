@@ -30,9 +30,12 @@ _NAMESPACES: dict[str, _Namespace] = {}
 _NAMESPACES_LOCK = threading.Lock()
 
 
-def _namespace(name: str) -> _Namespace:
+def _namespace(name: str, *, create: bool) -> _Namespace:
+    """The objects of ``name``; only a write creates them, so reading unknown names holds no memory."""
     with _NAMESPACES_LOCK:
-        return _NAMESPACES.setdefault(name, _Namespace())
+        if create:
+            return _NAMESPACES.setdefault(name, _Namespace())
+        return _NAMESPACES.get(name) or _Namespace()
 
 
 class MemoryStore:
@@ -47,14 +50,20 @@ class MemoryStore:
         self.uri = f"memory://{name}"
         self.coalesce_gap = coalesce_gap
         self.stats = StoreStats()
-        self._ns = _namespace(name)
+        self._name = name
 
     def __repr__(self) -> str:
         return f"MemoryStore({self.uri!r})"
 
+    @property
+    def _ns(self) -> _Namespace:
+        """The objects of this name to read: empty, and not kept, until something is written."""
+        return _namespace(self._name, create=False)
+
     def _lookup(self, key: str) -> tuple[bytes, str]:
-        with self._ns.lock:
-            found = self._ns.objects.get(check_key(key))
+        ns = self._ns
+        with ns.lock:
+            found = ns.objects.get(check_key(key))
         if found is None:
             raise ObjectNotFoundError(f"no object {key!r} in {self.uri}", key=key)
         return found
@@ -93,28 +102,32 @@ class MemoryStore:
         # Copy so later changes to a caller's bytearray or memoryview cannot alter the stored object.
         blob = bytes(data)
         etag = hashlib.md5(blob, usedforsecurity=False).hexdigest()
-        with self._ns.lock:
-            if not overwrite and key in self._ns.objects:
+        ns = _namespace(self._name, create=True)
+        with ns.lock:
+            if not overwrite and key in ns.objects:
                 raise PreconditionFailedError(f"object {key!r} already exists in {self.uri}", key=key)
-            self._ns.objects[key] = (blob, etag)
+            ns.objects[key] = (blob, etag)
         self.stats.record_put(len(blob))
         return ObjectInfo(key, len(blob), etag)
 
     def list(self, prefix: str = "") -> list[str]:
         """Return the keys that start with ``prefix``, sorted."""
         check_prefix(prefix)
-        with self._ns.lock:
-            return sorted(k for k in self._ns.objects if k.startswith(prefix))
+        ns = self._ns
+        with ns.lock:
+            return sorted(k for k in ns.objects if k.startswith(prefix))
 
     def list_info(self, prefix: str = "") -> list[ObjectInfo]:
         """Return the metadata of the objects whose keys start with ``prefix``, sorted by key."""
         check_prefix(prefix)
-        with self._ns.lock:
-            found = [(k, v) for k, v in self._ns.objects.items() if k.startswith(prefix)]
+        ns = self._ns
+        with ns.lock:
+            found = [(k, v) for k, v in ns.objects.items() if k.startswith(prefix)]
         return [ObjectInfo(k, len(data), etag) for k, (data, etag) in sorted(found)]
 
     def delete(self, key: str) -> None:
         """Remove the object if it exists."""
         check_key(key)
-        with self._ns.lock:
-            self._ns.objects.pop(key, None)
+        ns = self._ns
+        with ns.lock:
+            ns.objects.pop(key, None)

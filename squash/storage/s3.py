@@ -3,12 +3,18 @@
 boto3 is imported on first use, not with this module, because import time is cold-start time on Lambda.
 The endpoint is never set here: boto3 reads ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``, which is how
 the same code reaches a local emulator.
+
+A boto3 client costs about 0.4 MB and tens of milliseconds to build, and is thread-safe, so every store of
+the process shares one (`shared_client`) per endpoint, region and credentials: a store is a cheap view of a
+bucket and prefix, and a warm function asked about thousands of index URIs still holds one client.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -40,6 +46,36 @@ _THROTTLED_CODES = frozenset(
 
 # boto3's default session is not safe to use from several threads at once, so clients are built one at a time.
 _CLIENT_LOCK = threading.Lock()
+# What boto3 reads from the environment to choose an S3 client's endpoint, region and credentials.
+_CLIENT_ENVIRONMENT = (
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ENDPOINT_URL",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_PROFILE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SESSION_TOKEN",
+)
+# Shared clients kept: one per environment above, which only the process (never a request) sets.
+_CLIENTS_KEPT = 4
+_clients: OrderedDict[tuple[str | None, ...], Any] = OrderedDict()
+
+
+def shared_client() -> Any:
+    """The process's boto3 S3 client for the current endpoint, region and credentials, built on first use."""
+    key = tuple(os.environ.get(name) for name in _CLIENT_ENVIRONMENT)
+    with _CLIENT_LOCK:
+        client = _clients.get(key)
+        if client is None:
+            import boto3
+            from botocore.config import Config
+
+            config = Config(retries={"mode": "standard"}, max_pool_connections=MAX_POOL_CONNECTIONS)
+            client = _clients[key] = boto3.client("s3", config=config)
+            while len(_clients) > _CLIENTS_KEPT:
+                _clients.popitem(last=False)
+        _clients.move_to_end(key)
+        return client
 
 
 class _RangeNotSatisfiable(StorageError):
@@ -49,9 +85,8 @@ class _RangeNotSatisfiable(StorageError):
 class S3Store:
     """Objects in one S3 bucket under an optional key prefix.
 
-    Pass ``client`` to use a preconfigured (or stubbed) boto3 S3 client; otherwise a plain
-    ``boto3.client("s3")`` with standard retries is created on first use. Reuse one store per process, as a
-    client is costly to build.
+    Pass ``client`` to use a preconfigured (or stubbed) boto3 S3 client; otherwise the store uses the
+    process's `shared_client`, so a store costs no more than its bucket and prefix.
     """
 
     def __init__(
@@ -75,15 +110,9 @@ class S3Store:
 
     @property
     def client(self) -> Any:
-        """The boto3 S3 client, created on first use unless one was injected."""
+        """The injected boto3 S3 client, or else the shared one (fixed at first use)."""
         if self._client is None:
-            with _CLIENT_LOCK:
-                if self._client is None:
-                    import boto3
-                    from botocore.config import Config
-
-                    config = Config(retries={"mode": "standard"}, max_pool_connections=MAX_POOL_CONNECTIONS)
-                    self._client = boto3.client("s3", config=config)
+            self._client = shared_client()
         return self._client
 
     def _object_key(self, key: str) -> str:
