@@ -667,7 +667,7 @@ def test_processor_app_answers_the_canned_event(
     np.testing.assert_array_equal(response.distances, expected.distances)
     assert response.metrics["squash-processor-0"]["cache_misses"] == 1
     emf = json.loads(capsys.readouterr().out.splitlines()[-1])  # metrics as CloudWatch EMF on stdout
-    assert emf["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "Squash" and emf["cache_misses"] == [1.0]
+    assert emf["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "Squash" and emf["gets"] == [3.0]
 
 
 def test_canned_events_parse() -> None:
