@@ -24,6 +24,7 @@ from squash.config import RuntimeConfig
 from squash.costs import Prices
 from squash.errors import InvalidInputError
 from squash.protocol import CoordinatorRequest, ProcessorRequest, ProcessorResponse
+from squash.search.scan import search_partition
 
 REPO = Path(__file__).resolve().parents[1]
 EVENTS = Path(__file__).parent / "events"
@@ -109,6 +110,11 @@ def test_each_invocation_logs_one_structured_line_and_bounded_emf(
 ) -> None:
     app = _processor_app()
     capsys.readouterr()
+    request = ProcessorRequest.from_event(_event("processor", index_uri))
+    index = squash.Index.open(index_uri)
+    params = squash.SearchParams.from_knobs(dict(request.knobs))
+    filters = request.filters.compile(index.meta)
+    expected = search_partition(index.partition(0), request.queries, filters, request.k, params, index.metric)
     for i in range(3):
         response = ProcessorResponse.from_event(app.lambda_handler(_event("processor", index_uri), _LambdaContext()))
         line, emf, size = _invocation_output(capsys)
@@ -129,6 +135,8 @@ def test_each_invocation_logs_one_structured_line_and_bounded_emf(
         assert len(directive["Metrics"]) <= MAX_METRICS
         counters = response.metrics["squash-processor-0"]
         assert emf["cold"] == [float(i == 0)] and emf["gets"] == [float(counters["gets"])]
+        np.testing.assert_array_equal(response.ids, expected.ids)
+        np.testing.assert_array_equal(response.distances, expected.distances)
 
 
 def test_log_price_charges_the_measured_bytes(

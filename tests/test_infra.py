@@ -1,7 +1,7 @@
-"""infra/build_layer.py ships bytecode the Lambda runtime can use (python3.12, valid whatever the zip's mtimes).
+"""infra/: the layer ships bytecode the Lambda runtime can use, and CI runs the deployment smoke test.
 
-pip is replaced by a stand-in that writes one small package, so no wheel is downloaded; the squash copy and
-the compile step are the real ones.
+In the layer build, pip is replaced by a stand-in that writes one small package, so no wheel is downloaded;
+the squash copy and the compile step are the real ones.
 """
 
 from __future__ import annotations
@@ -50,3 +50,16 @@ def test_layer_bytecode_is_compiled_for_the_runtime(tmp_path: Path, monkeypatch:
 def test_a_layer_without_runtime_bytecode_counts_as_stale(tmp_path: Path) -> None:
     (tmp_path / build_layer.MARKER).write_text(json.dumps({"arch": "x86_64", "python": "3.12"}))
     assert build_layer.layer_arch(tmp_path) is None
+
+
+def test_ci_runs_the_pinned_deploy_smoke() -> None:
+    steps = [line for line in (REPO / ".ci" / "run").read_text().splitlines() if not line.startswith("#")]
+    assert "bash infra/smoke_ministack.sh" in steps
+    pins = dict(
+        line.split("==", 1)
+        for line in (REPO / "infra" / "smoke-requirements.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert {"ministack", "aws-sam-cli"} <= set(pins) and all(version.strip() for version in pins.values())
+    script = (REPO / "infra" / "smoke_ministack.sh").read_text()
+    assert "smoke-requirements.txt" in script and "timeout" in script and "trap cleanup EXIT" in script
