@@ -81,11 +81,8 @@ def lambda_handler(role: str, context: handlers.HandlerContext | None = None) ->
     logger = Logger(service=f"squash-{role}", location=None, **({} if tracing else {"xray_trace_id": None}))
     metrics = Metrics(namespace=NAMESPACE, service=role)
     reported: dict[str, float] = {}
-    if context is None:
-        context = handlers.HandlerContext.from_env(role, emit=reported.update)
-    else:
-        context.emit = reported.update
-    container = context
+    container = context or handlers.HandlerContext.from_env(role)
+    container.emit = reported.update
 
     def handler(event: dict[str, Any], lambda_context: Any) -> dict[str, Any]:
         # A container runs one invocation at a time, so one dict carries its counters from emit to here.
