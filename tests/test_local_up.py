@@ -73,3 +73,7 @@ def test_without_any_template_the_error_says_what_to_pass(tmp_path: Path, monkey
     assert cli._template(tmp_path / "mine.yaml") == tmp_path / "mine.yaml"
     with pytest.raises(InvalidInputError, match="cannot read the template"):
         read_template(tmp_path / "mine.yaml")
+    for bad in ("Idx", "ab", "a..b", "-idx", "x" * 64):
+        with pytest.raises(InvalidInputError, match="bucket"):
+            cli._bucket(bad)
+    assert cli._bucket("squash-local.2") == "squash-local.2"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import signal
 import sys
@@ -29,6 +30,7 @@ DEFAULT_ENV_FILE = Path(".squash-local.env")
 DEFAULT_BUCKET = "squash-local"
 # The template of the checkout this package runs from (an editable or source install); a wheel has none.
 CHECKOUT_TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -60,6 +62,16 @@ def _template(path: Path | None) -> Path:
         f"no template.yaml in {Path.cwd()} nor at {CHECKOUT_TEMPLATE}: pass --template PATH (a Squash checkout's "
         "template.yaml, or one written by `python infra/generate_template.py --out PATH`)"
     )
+
+
+def _bucket(name: str) -> str:
+    """``--bucket``, checked against S3's naming rules before anything starts."""
+    if not _BUCKET_NAME.fullmatch(name) or ".." in name:
+        raise InvalidInputError(
+            f"--bucket {name!r} is not an S3 bucket name: 3-63 lowercase letters, digits, '.' and '-', "
+            "starting and ending with a letter or digit"
+        )
+    return name
 
 
 def _coordinator(stack: LocalStack) -> str | None:
@@ -106,6 +118,7 @@ def _up(args: argparse.Namespace) -> int:
     pid = _read_pid(pid_file)
     if pid is not None and _running(pid):
         raise InvalidInputError(f"a local stack is already running (pid {pid}); stop it with `squash local down`")
+    bucket = _bucket(args.bucket)
     parameters = dict(item.split("=", 1) for item in args.parameter if "=" in item)
     if len(parameters) != len(args.parameter):
         raise InvalidInputError("--parameter takes KEY=VALUE")
@@ -121,7 +134,7 @@ def _up(args: argparse.Namespace) -> int:
     )
     try:
         with stack:
-            stack.client("s3").create_bucket(Bucket=args.bucket)
+            stack.client("s3").create_bucket(Bucket=bucket)
             exports = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in stack.env.items())
             pid_file.write_text(f"{os.getpid()}\n")
             staging = args.env_file.with_name(args.env_file.name + ".tmp")
@@ -130,8 +143,8 @@ def _up(args: argparse.Namespace) -> int:
             staging.replace(args.env_file)
             print(f"# squash local stack (pid {os.getpid()}): functions {', '.join(stack.functions)}")
             print(exports, end="")
-            uri = f"s3://{args.bucket}/indexes/NAME"
-            print(f"# index bucket {args.bucket}: squash build ... --out {uri}")
+            uri = f"s3://{bucket}/indexes/NAME"
+            print(f"# index bucket {bucket}: squash build ... --out {uri}")
             coordinator = _coordinator(stack)
             if coordinator is not None:
                 print(f'# then: squash.Client("{uri}", function="{coordinator}")')
