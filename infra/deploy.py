@@ -1,8 +1,8 @@
 """Deploy Squash with AWS SAM and upload an index: layer, ``sam build``, ``sam deploy``, index, check.
 
 Run from the project venv (it uses the ``squash`` package to build or copy the index) with AWS credentials
-and region configured the usual way, and the SAM CLI plus ``python3.12`` on PATH (``sam build`` validates the
-runtime's interpreter even though the functions have no requirements of their own)::
+and region configured the usual way, the SAM CLI, and a python3.12 (on PATH or pyenv's: it compiles the layer,
+and ``sam build`` validates the runtime's interpreter even though the functions have no requirements)::
 
     python infra/deploy.py                                  # stack "squash", bundled SIFT demo index
     python infra/deploy.py --index file:///data/my-index --index-name products --check
@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "infra"))
 
-from build_layer import build_layer, layer_arch  # noqa: E402
+from build_layer import build_layer, layer_arch, runtime_python  # noqa: E402
 
 TEMPLATE = REPO / "template.yaml"
 SAMCONFIG = REPO / "infra" / "samconfig.toml"
@@ -35,14 +35,6 @@ BUILT = REPO / ".aws-sam" / "build"
 def _run(command: list[str]) -> None:
     print("+", " ".join(command), flush=True)
     subprocess.run(command, cwd=REPO, check=True)
-
-
-def _runs(*command: str) -> bool:
-    """True if ``command`` exists and succeeds (a pyenv shim exists even when its version is not active)."""
-    try:
-        return subprocess.run(command, capture_output=True, check=False).returncode == 0
-    except FileNotFoundError:
-        return False
 
 
 def _check_build(logical_ids: list[str]) -> None:
@@ -118,8 +110,8 @@ def _check(uri: str, coordinator: str, *, demo: bool) -> None:
 def _deploy(args: argparse.Namespace) -> None:
     if args.rebuild_layer or layer_arch() != args.arch:
         build_layer(args.arch)
-    if not _runs("python3.12", "--version"):
-        raise SystemExit("sam build needs python3.12 on PATH (the template's Runtime); install it or put it on PATH")
+    # sam build looks the Runtime's interpreter up on PATH, where a pyenv shim may stand for an inactive one.
+    os.environ["PATH"] = f"{runtime_python().parent}{os.pathsep}{os.environ.get('PATH', '')}"
     from squash.local.template import read_template
 
     logical_ids = [

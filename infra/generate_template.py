@@ -100,6 +100,14 @@ Parameters:
     Type: Number
     Default: 14
     AllowedValues: [1, 3, 5, 7, 14, 30, 60, 90, 180, 365]
+  Tracing:
+    Type: String
+    Default: PassThrough
+    AllowedValues: [PassThrough, Active]
+    Description: Active sends X-Ray traces (Powertools Tracer; costs per trace); PassThrough imports no tracer.
+
+Conditions:
+  Traced: !Equals [!Ref Tracing, Active]
 
 Globals:
   Function:
@@ -107,6 +115,7 @@ Globals:
     Architectures: [!Ref Architecture]
     Handler: app.lambda_handler
     Layers: [!Ref DependenciesLayer]
+    Tracing: !Ref Tracing
     Environment:
       Variables:
         SQUASH_COORDINATOR_FUNCTION: !Sub "${{AWS::StackName}}-coordinator"
@@ -119,6 +128,7 @@ Globals:
         SQUASH_INVOKE_TIMEOUT: !Ref CoordinatorTimeout
         # The only index locations the functions open, the same the IAM policies below let them read.
         SQUASH_INDEX_ROOTS: !Sub "s3://${{IndexBucket}}/${{IndexPrefix}}"
+        SQUASH_TRACING: !Ref Tracing
 
 Resources:
   IndexBucket:
@@ -221,6 +231,13 @@ _ROLE_HEAD = """
                 Condition:
                   StringLike:
                     s3:prefix: !Sub "${{IndexPrefix}}*"
+              # X-Ray has no resource-level permissions: "*" is the only resource it accepts.
+              - !If
+                - Traced
+                - Effect: Allow
+                  Action: [xray:PutTelemetryRecords, xray:PutTraceSegments]
+                  Resource: "*"
+                - !Ref AWS::NoValue
 """
 
 _INVOKE = """\

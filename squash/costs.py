@@ -1,7 +1,8 @@
 """What a query costs on AWS: list prices and the cost model of design/algorithm.md 5.6.
 
 cost of a batch = Σ_functions [ GB × billed seconds × price per GB-s + invocations × price per request
-+ cold starts × INIT seconds × GB × price per GB-s ] + GETs × price per GET + LISTs × price per LIST,
++ cold starts × INIT seconds × GB × price per GB-s + invocations × log bytes per invocation × price per
+log GB ] + GETs × price per GET + LISTs × price per LIST,
 
 from the per-function counters the runtime reports (`squash.protocol.COUNTERS`: ``billed_ms``, ``memory_mb``,
 ``invocations``, ``cold``, ``gets``, ``lists``). Divide by the batch's queries for $ per query.
@@ -19,7 +20,7 @@ from typing import Any
 from squash.config import RuntimeConfig
 from squash.errors import InvalidInputError
 
-ITEMS = ("compute", "init", "requests", "gets", "lists")
+ITEMS = ("compute", "init", "requests", "logs", "gets", "lists")
 
 
 @dataclass(frozen=True)
@@ -28,12 +29,17 @@ class Prices:
 
     ``init_ms_per_cold_start`` is an assumption, not a price: embedded runs have no INIT phase to measure, so it
     defaults to 0; set it (e.g. 150 ms, a typical Python zip cold start) to charge one per cold invocation.
+
+    ``log_bytes_per_invocation`` is a measurement, not a price: what one warm invocation writes to CloudWatch
+    Logs, its `squash.lambda_app` log line and EMF blob (about 750 bytes) plus Lambda's START, END and REPORT
+    lines (about 270). tests/test_lambda_app.py measures it and fails when it drifts. Logs GB are 10^9 bytes.
     """
 
     date: str = "2026-11-26"
     sources: tuple[str, ...] = (
         "https://aws.amazon.com/lambda/pricing/",
         "https://aws.amazon.com/s3/pricing/",
+        "https://aws.amazon.com/cloudwatch/pricing/",
         "https://aws.amazon.com/ec2/pricing/on-demand/",
         "https://aws.amazon.com/s3/vectors/ (pricing on https://aws.amazon.com/s3/pricing/)",
         "https://turbopuffer.com/pricing",
@@ -44,6 +50,8 @@ class Prices:
     lambda_request: float = 0.20 / 1e6
     s3_get: float = 0.0004 / 1000
     s3_list: float = 0.005 / 1000
+    cloudwatch_logs_per_gb: float = 0.50
+    log_bytes_per_invocation: float = 1050.0
     init_ms_per_cold_start: float = 0.0
     # On-demand Linux, us-east-1, approximate (list prices as of the date above).
     ec2_hourly: tuple[tuple[str, float, int], ...] = (("c7g.xlarge", 0.145, 4), ("c6i.xlarge", 0.17, 4))
@@ -171,6 +179,7 @@ def estimate(
             "compute": gb * c[billed] / 1000 * prices.gb_second,
             "init": gb * c.get("cold", 0) * prices.init_ms_per_cold_start / 1000 * prices.gb_second,
             "requests": c["invocations"] * prices.lambda_request,
+            "logs": c["invocations"] * prices.log_bytes_per_invocation / 1e9 * prices.cloudwatch_logs_per_gb,
             "gets": c.get("gets", 0) * prices.s3_get,
             "lists": c.get("lists", 0) * prices.s3_list,
         }

@@ -42,7 +42,6 @@ from squash.errors import InvalidInputError, SquashError
 from squash.format import StoredIndex, find_manifest, index_changed, open_index
 from squash.model import IndexMeta
 from squash.protocol import (
-    COUNTERS,
     MAX_TIMEOUT,
     RESPONSES,
     AllocatorRequest,
@@ -88,14 +87,6 @@ _ARRIVED = threading.local()
 # Modelled latency of one warm synchronous invoke hop on Lambda (design/anchors.md: "tens of ms warm"), added
 # to a parent's modelled duration for its slowest child.
 MODEL_HOP_MS = 20.0
-# CloudWatch units of the counters in squash.protocol.COUNTERS that are not plain counts.
-_METRIC_UNITS = {name: "Seconds" for name in COUNTERS if name.endswith("seconds")} | {
-    "bytes_read": "Bytes",
-    "billed_ms": "Milliseconds",
-    "critical_ms": "Milliseconds",
-    "model_ms": "Milliseconds",
-    "memory_mb": "Megabytes",
-}
 
 
 @dataclass(eq=False)
@@ -344,7 +335,7 @@ def _search_share(inv: _Invocation, work: _Work) -> _Share:
                         ),
                     )
                 )
-        inv.add(plan_seconds=time.perf_counter() - started)
+        inv.add(plan_seconds=time.perf_counter() - started, partitions=len(visits))
     responses = FanOut(
         [partial(_invoke, inv, config.processor_for(pid), r) for pid, _, r in visits],
         limit=config.max_fan_out,
@@ -515,16 +506,6 @@ def process(request: ProcessorRequest, ctx: HandlerContext) -> ProcessorResponse
         **{f"{activity}_seconds": seconds for activity, seconds in result.seconds.items()},
     )
     return ProcessorResponse(result.ids, result.distances, result.stats, inv.finish(request.n_queries))
-
-
-def metric_sink(metrics: Any) -> Callable[[Mapping[str, float]], None]:
-    """An ``emit`` for `HandlerContext` that adds each counter, with its unit, to a Powertools ``Metrics``."""
-
-    def emit(counters: Mapping[str, float]) -> None:
-        for name, value in counters.items():
-            metrics.add_metric(name=name, unit=_METRIC_UNITS.get(name, "Count"), value=value)
-
-    return emit
 
 
 _ROUTES: dict[str, tuple[Any, Callable[[Any, HandlerContext], Any]]] = {

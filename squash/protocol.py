@@ -67,6 +67,7 @@ COUNTERS = (
     "critical_ms",  # modelled duration with a core of its own: own CPU + slowest child + one invoke hop
     "model_ms",  # critical_ms rounded up per invocation: the billed time on Lambda without local contention
     "memory_mb",  # the function's memory setting, which prices its billed time
+    "partitions",  # partitions the function's own processor calls searched (a processor: 0)
     "plan_seconds",  # partition selection
     "load_seconds",  # reading and decoding index objects
     "scan_seconds",  # search_partition, of which:

@@ -16,10 +16,10 @@ def _processor(billed_ms: float = 100, **extra: float) -> dict[str, object]:
 
 def test_worked_example_from_the_design() -> None:
     cost = estimate({"squash-processor-0": _processor()}, Prices(), queries=50)
-    # 2 GB x 0.1 s x $0.0000166667 + $0.2e-6 per request
-    assert cost.total == pytest.approx(2 * 0.1 * 0.0000166667 + 0.2e-6)
-    assert cost.total == pytest.approx(3.5e-6, rel=0.02)
-    assert cost.per_query == pytest.approx(7e-8, rel=0.02)
+    # 2 GB x 0.1 s x $0.0000166667 + $0.2e-6 per request + 1,050 bytes of logs x $0.50 per GB
+    assert cost.total == pytest.approx(2 * 0.1 * 0.0000166667 + 0.2e-6 + 1050e-9 * 0.5)
+    assert cost.total == pytest.approx(4.0e-6, rel=0.02)
+    assert cost.per_query == pytest.approx(8e-8, rel=0.02)
     assert cost.per_million == pytest.approx(cost.per_query * 1e6)
 
 
@@ -37,13 +37,23 @@ def test_breakdown_sums_to_the_total() -> None:
     assert cost.item("lists") == pytest.approx(0.005 / 1000)
 
 
+def test_log_ingestion_is_priced_per_invocation() -> None:
+    metrics = {"squash-allocator": {"role": "allocator", "invocations": 4, "billed_ms": 80, "memory_mb": 1024}}
+    metrics["squash-processor-0"] = _processor(invocations=6)
+    cost = estimate(metrics, Prices(log_bytes_per_invocation=2000, cloudwatch_logs_per_gb=0.5), queries=1)
+    assert cost.item("logs") == pytest.approx(10 * 2000e-9 * 0.5)
+    assert cost.role("allocator") == pytest.approx(cost.functions["squash-allocator"]["compute"] + 4 * (0.2e-6 + 1e-6))
+    quiet = estimate(metrics, Prices(log_bytes_per_invocation=0), queries=1)
+    assert cost.total - quiet.total == pytest.approx(cost.item("logs"))
+
+
 def test_price_override_from_json(tmp_path) -> None:
     path = tmp_path / "p.json"
     path.write_text(json.dumps({"architecture": "arm64", "lambda_request": 0, "ec2_hourly": [["m7g.large", 0.08, 2]]}))
     prices = load_prices(path)
     assert prices.gb_second == 0.0000133334 and prices.ec2_hourly == (("m7g.large", 0.08, 2),)
     cost = estimate({"p": _processor()}, prices, queries=50)
-    assert cost.total == pytest.approx(2 * 0.1 * 0.0000133334)
+    assert cost.total == pytest.approx(2 * 0.1 * 0.0000133334 + cost.item("logs"))
 
 
 @pytest.mark.parametrize(

@@ -1,13 +1,12 @@
 """The serverless query runtime: tree numbering, wire protocol, handlers, DRE, invokers and the Client.
 
 Everything runs in process (`InProcessInvoker`) on small memory:// indexes; the Lambda invoker is tested
-against a stubbed boto3 client, and the processor's Lambda app against a canned event in tests/events/.
+against a stubbed boto3 client (the Lambda apps themselves: tests/test_lambda_app.py).
 """
 
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import json
 import threading
@@ -50,7 +49,6 @@ from squash.protocol import (
     pack_arrays,
     split_request,
 )
-from squash.search.scan import search_partition
 from squash.storage import open_store
 from squash.storage.faults import Fault, FaultInjectingStore
 from squash.tree import TreeShape, allocator_count, choose_shape
@@ -633,50 +631,7 @@ def test_client_rejects_conflicting_arguments() -> None:
     assert isinstance(deployed.invoker, LambdaInvoker)
 
 
-# --- the Lambda app around the handler --------------------------------------------------------------------
-
-
-@dataclass
-class _LambdaContext:
-    function_name: str = "squash-processor-0"
-    function_version: str = "$LATEST"
-    memory_limit_in_mb: int = 1024
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:squash-processor-0"
-    aws_request_id: str = "00000000-0000-0000-0000-000000000000"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 30_000
-
-
-def test_processor_app_answers_the_canned_event(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    event = json.loads((EVENTS / "processor_request.json").read_text())
-    index = _build(event["index"]["uri"], n=600, seed=3).index  # the event names this index, version 1
-    event["index"]["build"] = index.build_id  # each build has a fresh id; the canned one is a placeholder
-    request = ProcessorRequest.from_event(event)
-    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "squash-processor-0")
-    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
-    monkeypatch.setenv("SQUASH_INDEX_ROOTS", request.index.uri)  # the app opens only its configured roots
-    spec = importlib.util.spec_from_file_location("processor_app", REPO / "functions" / "processor" / "app.py")
-    assert spec is not None and spec.loader is not None
-    app = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(app)
-
-    response = ProcessorResponse.from_event(app.lambda_handler(event, _LambdaContext()))
-    expected = search_partition(
-        index.partition(0),
-        request.queries,
-        request.filters.compile(index.meta),
-        request.k,
-        squash.SearchParams.from_knobs(dict(request.knobs)),
-        index.metric,
-    )
-    np.testing.assert_array_equal(response.ids, expected.ids)
-    np.testing.assert_array_equal(response.distances, expected.distances)
-    assert response.metrics["squash-processor-0"]["cache_misses"] == 1
-    emf = json.loads(capsys.readouterr().out.splitlines()[-1])  # metrics as CloudWatch EMF on stdout
-    assert emf["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "Squash" and emf["cache_misses"] == [1.0]
+# --- canned events ---------------------------------------------------------------------------------------
 
 
 def test_canned_events_parse() -> None:

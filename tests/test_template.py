@@ -38,12 +38,26 @@ def _listed(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
+# X-Ray accepts no resource but "*"; the template grants it only under the Traced condition.
+_XRAY = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+
+
+def _conditional(statement: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """A statement, or both branches of an ``!If`` (``AWS::NoValue`` grants nothing)."""
+    if "Fn::If" not in statement:
+        yield statement
+        return
+    _, *branches = statement["Fn::If"]
+    yield from (branch for branch in branches if branch != {"Ref": "AWS::NoValue"})
+
+
 def _statements(template: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     """Every IAM statement granted to the stack's functions: role inline policies and SAM ``Policies``."""
     for name, role in _resources(template, "AWS::IAM::Role").items():
         for policy in role["Properties"].get("Policies", []):
             for statement in policy["PolicyDocument"]["Statement"]:
-                yield name, statement
+                for granted in _conditional(statement):
+                    yield name, granted
     for name, function in _resources(template, "AWS::Serverless::Function").items():
         for policy in _listed(function["Properties"].get("Policies", [])):
             if isinstance(policy, dict):
@@ -108,7 +122,7 @@ def test_iam_is_least_privilege(template: dict[str, Any]) -> None:
         for action in _listed(statement["Action"]):
             assert action != "*" and not action.endswith(":*") and "*" not in action, (owner, action)
         for resource in _listed(statement["Resource"]):
-            assert resource != "*", (owner, statement)
+            assert resource != "*" or set(_listed(statement["Action"])) <= _XRAY, (owner, statement)
     for role in _resources(template, "AWS::IAM::Role").values():
         assert "ManagedPolicyArns" not in role["Properties"]
         (trust,) = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
@@ -129,6 +143,8 @@ def test_functions_read_only_the_index_prefix_and_invoke_only_each_other(templat
             elif action == "s3:ListBucket":
                 assert resources == [{"Fn::GetAtt": ["IndexBucket", "Arn"]}]
                 assert statement["Condition"] == {"StringLike": {"s3:prefix": {"Fn::Sub": "${IndexPrefix}*"}}}
+            elif action in _XRAY:
+                assert resources == ["*"]
             elif action == "lambda:InvokeFunction":
                 for resource in resources:
                     match = own_arn.match(resource["Fn::Sub"])
@@ -183,3 +199,18 @@ def test_local_stack_loads_the_template() -> None:
     assert renamed.coordinator_function == defaults.coordinator_function
     assert renamed.allocator_function == defaults.allocator_function
     assert renamed.processor_functions == defaults.processor_functions
+
+
+def test_tracing_is_a_parameter_off_by_default(template: dict[str, Any]) -> None:
+    parameter = template["Parameters"]["Tracing"]
+    assert parameter["Default"] == "PassThrough" and set(parameter["AllowedValues"]) == {"PassThrough", "Active"}
+    function = template["Globals"]["Function"]
+    assert function["Tracing"] == {"Ref": "Tracing"}
+    assert function["Environment"]["Variables"]["SQUASH_TRACING"] == {"Ref": "Tracing"}
+    assert template["Conditions"]["Traced"] == {"Fn::Equals": [{"Ref": "Tracing"}, "Active"]}
+    for role in _resources(template, "AWS::IAM::Role").values():
+        (policy,) = role["Properties"]["Policies"]
+        traced = [s["Fn::If"] for s in policy["PolicyDocument"]["Statement"] if "Fn::If" in s]
+        assert traced == [
+            ["Traced", {"Effect": "Allow", "Action": sorted(_XRAY), "Resource": "*"}, {"Ref": "AWS::NoValue"}]
+        ]

@@ -1,23 +1,6 @@
 """Processor function: search one partition, kept warm in this container (DRE)."""
 
-from __future__ import annotations
+from squash.lambda_app import lambda_handler as _app
 
-from typing import Any
-
-from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.utilities.typing import LambdaContext
-
-from squash import handlers
-from squash.protocol import ProcessorRequest
-
-logger = Logger(service="squash-processor")
-metrics = Metrics(namespace="Squash", service="processor")
-
-# Built once per container: warm invocations reuse the invoker, the store handles and the DRE caches.
-CONTEXT = handlers.HandlerContext.from_env("processor", emit=handlers.metric_sink(metrics))
-
-
-@logger.inject_lambda_context
-@metrics.log_metrics(capture_cold_start_metric=True)
-def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return handlers.process(ProcessorRequest.from_event(event), CONTEXT).to_event()
+# Built once per container (INIT): warm invocations reuse the invoker, the store handles and the DRE caches.
+lambda_handler = _app("processor")

@@ -291,13 +291,14 @@ def bench_dataset(
                 f"{c.role('processor'):.2e}",
                 f"{c.item('compute'):.2e}",
                 f"{c.item('requests') + c.item('gets') + c.item('lists'):.2e}",
+                f"{c.item('logs'):.2e}",
                 f"{c.per_query:.2e}",
                 f"{c.per_million:.2f}",
                 f"{wall.per_million:.2f}",
             ]
         )
     headers = ["(b,L)", "allocators", "run", "recall@10", "QPS", "ms/query", "invocations", "cold", "GETs"]
-    headers += ["$ coord", "$ alloc", "$ proc", "$ compute", "$ req+S3", "$/query", "$/1M", "$/1M measured"]
+    headers += ["$ coord", "$ alloc", "$ proc", "$ compute", "$ req+S3", "$ logs", "$/query", "$/1M", "$/1M measured"]
     report.append(markdown_table(headers, table) + "\n")
     paper = name_is_sift(data)
     proj_rows = [

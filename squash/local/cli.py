@@ -1,14 +1,17 @@
 """``squash local up`` / ``squash local down``: a local S3 + Lambda stack for people, in the foreground.
 
-``up`` prints the ``export`` lines to use from another shell and writes them to an env file (default
-``.squash-local.env``, sourceable with ``. .squash-local.env``) next to a pid file (``.squash-local.pid``);
-both are removed when the stack stops. ``down`` stops the stack named by the pid file.
+``up`` runs the functions of ``template.yaml`` (this folder's, else the one of the checkout the squash package
+runs from), creates an index bucket, prints the ``export`` lines to use from another shell and the coordinator
+to pass to `squash.Client`, and writes the exports to an env file (default ``.squash-local.env``, sourceable
+with ``. .squash-local.env``) next to a pid file (``.squash-local.pid``); both are removed when the stack
+stops. ``down`` stops the stack named by the pid file.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import signal
 import sys
@@ -16,10 +19,18 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from squash.errors import InvalidInputError
 
+if TYPE_CHECKING:
+    from squash.local.stack import LocalStack
+
 DEFAULT_ENV_FILE = Path(".squash-local.env")
+DEFAULT_BUCKET = "squash-local"
+# The template of the checkout this package runs from (an editable or source install); a wheel has none.
+CHECKOUT_TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -27,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     local = subparsers.add_parser("local", help="run S3 and Lambda locally without Docker (up / down)")
     actions = local.add_subparsers(dest="local_command", required=True, metavar="ACTION")
     up = actions.add_parser("up", help="start moto S3 and the Lambda service from a SAM template")
-    up.add_argument("--template", type=Path, default=Path("template.yaml"), help="SAM template")
+    up.add_argument("--template", type=Path, help="SAM template (default: ./template.yaml, else the squash checkout's)")
+    up.add_argument("--bucket", default=DEFAULT_BUCKET, help=f"S3 bucket to create for indexes ({DEFAULT_BUCKET})")
     up.add_argument("--workers", type=int, default=2, help="warm workers per function (default 2)")
     up.add_argument("--prewarm", action="store_true", help="start every worker before serving")
     up.add_argument("--parameter", action="append", default=[], metavar="KEY=VALUE", help="template parameter override")
@@ -37,6 +49,34 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     down.add_argument("--env-file", type=Path, default=DEFAULT_ENV_FILE, help="env file `up` wrote")
     down.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for it to stop")
     down.set_defaults(handler=_down)
+
+
+def _template(path: Path | None) -> Path:
+    """``--template``, else ./template.yaml, else the checkout's."""
+    if path is not None:
+        return path
+    for candidate in (Path("template.yaml"), CHECKOUT_TEMPLATE):
+        if candidate.is_file():
+            return candidate
+    raise InvalidInputError(
+        f"no template.yaml in {Path.cwd()} nor at {CHECKOUT_TEMPLATE}: pass --template PATH (a Squash checkout's "
+        "template.yaml, or one written by `python infra/generate_template.py --out PATH`)"
+    )
+
+
+def _bucket(name: str) -> str:
+    """``--bucket``, checked against S3's naming rules before anything starts."""
+    if not _BUCKET_NAME.fullmatch(name) or ".." in name:
+        raise InvalidInputError(
+            f"--bucket {name!r} is not an S3 bucket name: 3-63 lowercase letters, digits, '.' and '-', "
+            "starting and ending with a letter or digit"
+        )
+    return name
+
+
+def _coordinator(stack: LocalStack) -> str | None:
+    """The name of the template's coordinator function (logical id ``Coordinator``), if it has one."""
+    return next((name for name, spec in stack.functions.items() if spec.logical_id == "Coordinator"), None)
 
 
 def _pid_file(env_file: Path) -> Path:
@@ -78,6 +118,7 @@ def _up(args: argparse.Namespace) -> int:
     pid = _read_pid(pid_file)
     if pid is not None and _running(pid):
         raise InvalidInputError(f"a local stack is already running (pid {pid}); stop it with `squash local down`")
+    bucket = _bucket(args.bucket)
     parameters = dict(item.split("=", 1) for item in args.parameter if "=" in item)
     if len(parameters) != len(args.parameter):
         raise InvalidInputError("--parameter takes KEY=VALUE")
@@ -85,7 +126,7 @@ def _up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     stack = LocalStack(
-        args.template,
+        _template(args.template),
         parameters=parameters,
         workers=args.workers,
         prewarm=args.prewarm,
@@ -93,6 +134,7 @@ def _up(args: argparse.Namespace) -> int:
     )
     try:
         with stack:
+            stack.client("s3").create_bucket(Bucket=bucket)
             exports = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in stack.env.items())
             pid_file.write_text(f"{os.getpid()}\n")
             staging = args.env_file.with_name(args.env_file.name + ".tmp")
@@ -101,6 +143,11 @@ def _up(args: argparse.Namespace) -> int:
             staging.replace(args.env_file)
             print(f"# squash local stack (pid {os.getpid()}): functions {', '.join(stack.functions)}")
             print(exports, end="")
+            uri = f"s3://{bucket}/indexes/NAME"
+            print(f"# index bucket {bucket}: squash build ... --out {uri}")
+            coordinator = _coordinator(stack)
+            if coordinator is not None:
+                print(f'# then: squash.Client("{uri}", function="{coordinator}")')
             print(f"# or: . {args.env_file}    stop with Ctrl-C or `squash local down`", flush=True)
             threading.Event().wait()
     except KeyboardInterrupt:

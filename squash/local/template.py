@@ -75,8 +75,11 @@ def read_template(path: Path) -> dict[str, Any]:
         """SafeLoader that knows CloudFormation's short tags."""
 
     CfnLoader.add_multi_constructor("!", _intrinsic)
-    with open(path, encoding="utf-8") as handle:
-        data = yaml.load(handle, Loader=CfnLoader)  # a SafeLoader subclass: no arbitrary objects
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.load(handle, Loader=CfnLoader)  # a SafeLoader subclass: no arbitrary objects
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read the template {path}: {exc.strerror or exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("Resources"), dict):
         raise InvalidInputError(f"{path} is not a CloudFormation/SAM template (no Resources mapping)")
     return data
