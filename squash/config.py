@@ -48,6 +48,8 @@ class RuntimeConfig:
         retry_attempts: tries of one invocation that fails with a retryable error (throttling, timeout, 5xx).
         retry_base_delay: first backoff in seconds; each retry doubles the cap, with full jitter.
         retry_max_delay: cap on one backoff in seconds.
+        retry_budget_ratio: extra calls (retries and hedges) one node may make per call it makes...
+        retry_budget_floor: ...plus this many, for one request (`squash.compute.retry.RetryBudget`).
         hedge_min_seconds: a processor call running longer than this and than its siblings' p95 gets a
             duplicate; the first answer wins (processors are idempotent).
         deadline_margin: seconds each level keeps back from its deadline to send its answer up.
@@ -67,6 +69,8 @@ class RuntimeConfig:
     retry_attempts: int = 4
     retry_base_delay: float = 0.05
     retry_max_delay: float = 2.0
+    retry_budget_ratio: float = 0.2
+    retry_budget_floor: int = 3
     hedge_min_seconds: float = 1.0
     deadline_margin: float = 0.05
 
@@ -87,6 +91,8 @@ class RuntimeConfig:
             (self.retry_attempts >= 1, "retry_attempts must be >= 1"),
             (0 <= self.retry_base_delay <= self.retry_max_delay, "need 0 <= retry_base_delay <= retry_max_delay"),
             (self.hedge_min_seconds > 0, "hedge_min_seconds must be > 0"),
+            (0 <= self.retry_budget_ratio <= 1, "retry_budget_ratio must be in [0, 1]"),
+            (self.retry_budget_floor >= 0, "retry_budget_floor must be >= 0"),
             (self.deadline_margin >= 0, "deadline_margin must be >= 0"),
         ]
         for ok, message in checks:

@@ -11,8 +11,10 @@
 Results come back up in the responses with per-function metrics (timings, invocations, cold/warm, cache
 hits, storage requests and bytes).
 
-Fault handling (`squash.compute.retry`): every invocation is retried on transient errors with jittered
-backoff; processor stragglers are hedged; every level stops at the request's ``deadline_ms``. A partition
+Fault handling (`squash.compute.retry`): every node retries its own failed invocations and storage reads
+on transient errors with jittered backoff, within its retry budget, and never an error its callee raised
+after its own retries; processor stragglers are hedged. Every level stops at its own deadline: its
+request's ``budget_ms`` from its arrival, and on Lambda no later than the end of its time limit. A partition
 that still cannot be searched marks its queries incomplete and is named in the response's ``missing``;
 the client raises `IncompleteResultError` unless asked for partial results, so results are never silently
 partial.
@@ -34,7 +36,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from squash.compute.base import Invoker, call
-from squash.compute.retry import Attempts, Deadline, FanOut, RetryPolicy, retrying
+from squash.compute.retry import Deadline, FanOut, RetryBudget, RetryPolicy, retrying
 from squash.config import RuntimeConfig
 from squash.dre import LruCache, MeteredStore
 from squash.errors import IndexNotFoundError, InvalidInputError, SquashError
@@ -75,7 +77,8 @@ _INDEXES_KEPT = 4
 # "precompiled NUM_THREADS exceeded"; a run with 200 concurrent processors died of heap corruption), and more
 # callers than cores only adds contention.
 _COMPUTE = threading.BoundedSemaphore(os.cpu_count() or 1)
-# When the event being handled on this thread arrived (wall, thread CPU): each invocation runs on one thread.
+# When the event being handled on this thread arrived (perf_counter, thread CPU, monotonic) and the time
+# Lambda had left for it (ms, None off Lambda): each invocation runs on one thread.
 _ARRIVED = threading.local()
 # Modelled latency of one warm synchronous invoke hop on Lambda (design/anchors.md: "tens of ms warm"), added
 # to a parent's modelled duration for its slowest child.
@@ -139,20 +142,34 @@ class HandlerContext:
 
 
 class _Invocation:
-    """One invocation's meter: timings, cache outcomes and the storage requests it made itself."""
+    """One invocation's meter (timings, cache outcomes and the storage requests it made itself), its
+    deadline and its retry budget."""
 
-    def __init__(self, ctx: HandlerContext, uri: str) -> None:
+    def __init__(self, ctx: HandlerContext, request: CoordinatorRequest | AllocatorRequest | ProcessorRequest) -> None:
         # Timed from the event's arrival in `handle`, so decoding the request counts as on Lambda.
         arrived = getattr(_ARRIVED, "clocks", None)
         _ARRIVED.clocks = None
-        self.started, self.cpu_started = arrived or (time.perf_counter(), time.thread_time())
+        self.started, self.cpu_started, arrival, remaining_ms = arrived or (
+            time.perf_counter(),
+            time.thread_time(),
+            time.monotonic(),
+            None,
+        )
+        self.deadline = _deadline(request.budget_ms, remaining_ms, arrival)
         self.slowest_child_ms: float | None = None
         self.ctx = ctx
         self.cold = ctx.begin()
-        self.meter = MeteredStore(ctx.store(uri))
+        self.policy = RetryPolicy.of(ctx.config)
+        self.budget = RetryBudget.of(ctx.config)
+        self.meter = MeteredStore(ctx.store(request.index.uri), retry=self.retrying)
         self.counters: defaultdict[str, float] = defaultdict(int)
-        self.attempts = Attempts()
         self._indexes: dict[IndexRef, StoredIndex] = {}
+        if self.deadline is not None:
+            self.deadline.check(f"the {request.KIND} started")  # a late request does no work at all
+
+    def retrying(self, fn: Callable[[], Any], what: str) -> Any:
+        """``fn()`` retried on transient errors within this invocation's deadline and budget."""
+        return retrying(fn, self.policy, self.deadline, what, self.budget)
 
     def add(self, **values: float) -> None:
         for name, value in values.items():
@@ -198,8 +215,9 @@ class _Invocation:
             "gets": self.meter.stats.gets,
             "bytes_read": self.meter.stats.bytes_read,
             "lists": self.meter.lists,
-            "retries": self.attempts.retries,
-            "hedges": self.attempts.hedges,
+            "retries": self.budget.retries,
+            "hedges": self.budget.hedges,
+            "retries_denied": self.budget.denied,
             **self.counters,
         }
         if self.ctx.emit is not None:
@@ -244,24 +262,23 @@ def _functions(config: RuntimeConfig) -> int:
     return 2 + len(config.processor_functions)
 
 
-def _invoke(inv: _Invocation, function: str, request: Any) -> Any:
-    """One child request (split to fit the payload limit), each part retried on transient errors."""
+def _invoke(inv: _Invocation, function: str, request: Any, deadline: Deadline | None) -> Any:
+    """One child request (split to fit the payload limit) with time until ``deadline``, each part retried
+    on transient errors."""
     config = inv.ctx.config
-    policy = RetryPolicy.of(config)
-    deadline = None if request.deadline_ms is None else Deadline(request.deadline_ms)
     parts = [
-        retrying(partial(call, inv.ctx.invoker, function, part, event), policy, deadline, function, inv.attempts)
+        inv.retrying(partial(call, inv.ctx.invoker, function, part, event, deadline), function)
         for part, event in split_request(request, config.payload_limit, _functions(config))
     ]
     return RESPONSES[type(request)].concat(parts)
 
 
-def _child_deadline(work: _Work, margin: float) -> tuple[Deadline | None, int | None]:
-    """When this node stops waiting for its children, and the deadline (epoch ms) it gives them."""
+def _child_deadline(work: _Work, margin: float) -> tuple[Deadline | None, Deadline | None]:
+    """When this node stops waiting for its children, and the deadline whose remaining time they get."""
     if work.deadline is None:
         return None, None
     mine = work.deadline.earlier(margin)
-    return mine, mine.earlier(margin).epoch_ms
+    return mine, mine.earlier(margin)
 
 
 def _search_share(inv: _Invocation, work: _Work) -> _Share:
@@ -287,21 +304,19 @@ def _search_share(inv: _Invocation, work: _Work) -> _Share:
         groups = group_by_partition(plan_queries(meta, work.queries, work.filters.compile(meta), k, params))
         inv.add(plan_seconds=time.perf_counter() - started)
     config = inv.ctx.config
-    wait_until, child_ms = _child_deadline(work, config.deadline_margin)
+    wait_until, child = _child_deadline(work, config.deadline_margin)
     requests = []
     for pid, (qs, probes) in groups.items():
         part = work.take(qs)
         requests.append(
-            ProcessorRequest(
-                part.ref, part.queries, part.filters, k, part.knobs, partition=pid, probes=probes, deadline_ms=child_ms
-            )
+            ProcessorRequest(part.ref, part.queries, part.filters, k, part.knobs, partition=pid, probes=probes)
         )
     responses = FanOut(
-        [partial(_invoke, inv, config.processor_for(r.partition), r) for r in requests],
+        [partial(_invoke, inv, config.processor_for(r.partition), r, child) for r in requests],
         limit=config.max_fan_out,
         deadline=wait_until,
         hedge_after=config.hedge_min_seconds,
-        attempts=inv.attempts,
+        budget=inv.budget,
     ).results()
     missing, metrics = [], []
     # Merge partition by partition in ascending id, exactly as squash.search.engine does, so every mode
@@ -333,7 +348,7 @@ def _run_node(inv: _Invocation, work: _Work, shape: TreeShape, node: int | None,
     fails this node (its first error in order is raised).
     """
     config = inv.ctx.config
-    wait_until, child_ms = _child_deadline(work, config.deadline_margin)
+    wait_until, child_deadline = _child_deadline(work, config.deadline_margin)
     own, counts = shape.shares(work.queries.shape[0], level)
     bounds = np.cumsum([own, *counts]).tolist()
     children = []
@@ -350,14 +365,12 @@ def _run_node(inv: _Invocation, work: _Work, shape: TreeShape, node: int | None,
                     shape,
                     node=child,
                     level=level + 1,
-                    deadline_ms=child_ms,
                 )
             )
     pending = FanOut(
-        [partial(_invoke, inv, config.allocator_function, r) for r in children],
+        [partial(_invoke, inv, config.allocator_function, r, child_deadline) for r in children],
         limit=config.max_fan_out,
         deadline=wait_until,
-        attempts=inv.attempts,
     )
     mine = _search_share(inv, work.take(slice(0, own)))
     waiting = time.perf_counter()
@@ -378,13 +391,11 @@ def _run_node(inv: _Invocation, work: _Work, shape: TreeShape, node: int | None,
     return share, own
 
 
-def _deadline(request: CoordinatorRequest | AllocatorRequest | ProcessorRequest) -> Deadline | None:
-    """The request's deadline, checked on arrival: a late request does no work at all."""
-    if request.deadline_ms is None:
-        return None
-    deadline = Deadline(request.deadline_ms)
-    deadline.check(f"{request.KIND} started")
-    return deadline
+def _deadline(budget_ms: int | None, remaining_ms: int | None, arrival: float) -> Deadline | None:
+    """This node's deadline: ``budget_ms`` after its ``arrival`` (`time.monotonic`), and never past the
+    ``remaining_ms`` Lambda gave the invocation (None for either: no such bound)."""
+    bounds = [ms for ms in (budget_ms, remaining_ms) if ms is not None]
+    return Deadline.after(min(bounds) / 1000, start=arrival) if bounds else None
 
 
 def _resolve(inv: _Invocation, ref: IndexRef) -> IndexRef:
@@ -401,8 +412,7 @@ def _resolve(inv: _Invocation, ref: IndexRef) -> IndexRef:
 
 def coordinate(request: CoordinatorRequest, ctx: HandlerContext) -> CoordinatorResponse:
     """Answer a client's batch: pin the version, validate, run the tree, gather results and metrics."""
-    inv = _Invocation(ctx, request.index.uri)
-    deadline = _deadline(request)
+    inv = _Invocation(ctx, request)
     ref = _resolve(inv, request.index)
     meta = inv.index(ref).meta
     # Normalise (cosine) once here; allocators and processors search exactly these vectors.
@@ -415,7 +425,7 @@ def coordinate(request: CoordinatorRequest, ctx: HandlerContext) -> CoordinatorR
         max_branching=config.max_branching,
         max_allocators=config.max_allocators,
     )
-    work = _Work(ref, queries, request.filters, request.k, request.knobs, deadline)
+    work = _Work(ref, queries, request.filters, request.k, request.knobs, inv.deadline)
     share, own = _run_node(inv, work, shape, None, 0)
     metrics = merge_metrics([*share.metrics, inv.finish(own)])
     return CoordinatorResponse(
@@ -432,8 +442,8 @@ def coordinate(request: CoordinatorRequest, ctx: HandlerContext) -> CoordinatorR
 
 def allocate(request: AllocatorRequest, ctx: HandlerContext) -> AllocatorResponse:
     """Search the queries of the subtree rooted at ``request.node``; children start before anything else."""
-    inv = _Invocation(ctx, request.index.uri)
-    work = _Work(request.index, request.queries, request.filters, request.k, request.knobs, _deadline(request))
+    inv = _Invocation(ctx, request)
+    work = _Work(request.index, request.queries, request.filters, request.k, request.knobs, inv.deadline)
     share, own = _run_node(inv, work, request.shape, request.node, request.level)
     metrics = merge_metrics([*share.metrics, inv.finish(own)])
     return AllocatorResponse(
@@ -443,7 +453,7 @@ def allocate(request: AllocatorRequest, ctx: HandlerContext) -> AllocatorRespons
 
 def process(request: ProcessorRequest, ctx: HandlerContext) -> ProcessorResponse:
     """Search one partition, loaded once per container and version and kept warm (DRE)."""
-    inv = _Invocation(ctx, request.index.uri)
+    inv = _Invocation(ctx, request)
     stored = inv.index(request.index, count_hits=False)
     meta, pid = stored.meta, request.partition
     if pid >= meta.n_partitions:
@@ -451,7 +461,7 @@ def process(request: ProcessorRequest, ctx: HandlerContext) -> ProcessorResponse
     _check_dim(request.queries, meta)
     params = SearchParams.from_knobs(dict(request.knobs))
     filters = request.filters.compile(meta)
-    deadline = _deadline(request)
+    deadline = inv.deadline
     with _COMPUTE:
         if deadline is not None:
             deadline.check(f"searching partition {pid}")
@@ -489,8 +499,12 @@ _ROUTES: dict[str, tuple[Any, Callable[[Any, HandlerContext], Any]]] = {
 }
 
 
-def handle(role: str, event: dict[str, Any], ctx: HandlerContext) -> dict[str, Any]:
-    """Validate ``event`` for ``role``, run its handler and encode the response."""
+def handle(role: str, event: dict[str, Any], ctx: HandlerContext, *, remaining_ms: int | None = None) -> dict[str, Any]:
+    """Validate ``event`` for ``role``, run its handler and encode the response.
+
+    ``remaining_ms`` is the time the platform gives the invocation (Lambda's
+    ``context.get_remaining_time_in_millis()``); the handler stops by then even if its budget is longer.
+    """
     request_type, body = _ROUTES[role]
-    _ARRIVED.clocks = (time.perf_counter(), time.thread_time())
+    _ARRIVED.clocks = (time.perf_counter(), time.thread_time(), time.monotonic(), remaining_ms)
     return body(request_type.from_event(event), ctx).to_event()

@@ -191,7 +191,7 @@ def _events() -> dict[type, dict[str, Any]]:
     stats = {name: np.zeros(2, np.int64) for name in STAT_FIELDS}
     metrics = {"p": {"role": "processor", "invocations": 1}}
     return {
-        CoordinatorRequest: CoordinatorRequest(IndexRef("memory://x"), queries, fs, 3, {}, deadline_ms=5).to_event(),
+        CoordinatorRequest: CoordinatorRequest(IndexRef("memory://x"), queries, fs, 3, {}, budget_ms=5).to_event(),
         AllocatorRequest: AllocatorRequest(
             IndexRef("memory://x", 1), queries, fs, 3, {}, TreeShape(2, 1), node=1, level=1
         ).to_event(),

@@ -455,6 +455,11 @@ def test_processor_request_round_trip(processor_event: dict[str, Any]) -> None:
         ({"probes": _arrays(probes=np.ones(2, np.int32))}, "'probes' must be 3 int32"),
         ({"probes": _arrays(probes=np.array([1, 0, 2], np.int32))}, "each at least 1"),
         ({"probes": _arrays(probes=np.ones(3, np.int64))}, "'arrays.probes' must have dtype"),
+        *(
+            ({"budget_ms": bad}, "'budget_ms' must be an integer in 1..3600000")
+            for bad in (0, -1, 1.5, float("inf"), float("nan"), 10**20, True, "100")
+        ),
+        ({"deadline_ms": 10**13}, r"unknown field\(s\) \['deadline_ms'\]"),  # absolute deadlines are gone
     ],
 )
 def test_protocol_rejects_malformed_events(
@@ -544,6 +549,20 @@ def test_payloads_carry_arrays_as_msgpack_not_json_lists(built: Built) -> None:
         assert _float_lists(payload) == 0
         packed = msgpack.unpackb(base64.b64decode(payload["arrays"]))
         assert all(isinstance(item["data"], bytes) for item in packed.values())
+
+
+def test_every_request_carries_a_budget_that_shrinks_down_the_tree(built: Built) -> None:
+    invoker = _Recording()
+    squash.Client(built.uri, invoker=invoker).query_batch(built.queries[:40], 10, branching=2, depth=2, timeout=20)
+    requests = [p for p in invoker.payloads if p["kind"].endswith("_request")]
+    assert all("deadline_ms" not in p and p["budget_ms"] >= 1 for p in requests)
+    budgets = {kind: [p["budget_ms"] for p in requests if p["kind"] == kind] for kind in {p["kind"] for p in requests}}
+    (coordinator,) = budgets["coordinator_request"]
+    margin_ms = 1000 * RuntimeConfig().deadline_margin
+    assert 20_000 - margin_ms - 1_000 < coordinator <= 20_000 - margin_ms
+    # Each level keeps two margins: one to stop waiting, one to send its answer up.
+    assert max(budgets["allocator_request"]) <= coordinator - 2 * margin_ms
+    assert max(budgets["processor_request"]) <= coordinator - 4 * margin_ms
 
 
 # --- invokers, configuration, client arguments -----------------------------------------------------------
@@ -636,23 +655,36 @@ class _LambdaContext:
     memory_limit_in_mb: int = 1024
     invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:squash-processor-0"
     aws_request_id: str = "00000000-0000-0000-0000-000000000000"
+    remaining_ms: int = 30_000
 
     def get_remaining_time_in_millis(self) -> int:
-        return 30_000
+        return self.remaining_ms
 
 
-def test_processor_app_answers_the_canned_event(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    event = json.loads((EVENTS / "processor_request.json").read_text())
-    request = ProcessorRequest.from_event(event)
-    index = _build(request.index.uri, n=600, seed=3).index  # the event names this index, version 1
+def _processor_app(monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "squash-processor-0")
     monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
     spec = importlib.util.spec_from_file_location("processor_app", REPO / "functions" / "processor" / "app.py")
     assert spec is not None and spec.loader is not None
     app = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(app)
+    return app
+
+
+@pytest.fixture(scope="module")
+def canned_index() -> Any:
+    """The index the canned processor event names (version 1)."""
+    event = json.loads((EVENTS / "processor_request.json").read_text())
+    return _build(ProcessorRequest.from_event(event).index.uri, n=600, seed=3).index
+
+
+def test_processor_app_answers_the_canned_event(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], canned_index: Any
+) -> None:
+    event = json.loads((EVENTS / "processor_request.json").read_text())
+    request = ProcessorRequest.from_event(event)
+    index = canned_index
+    app = _processor_app(monkeypatch)
 
     response = ProcessorResponse.from_event(app.lambda_handler(event, _LambdaContext()))
     expected = search_partition(
@@ -668,6 +700,17 @@ def test_processor_app_answers_the_canned_event(
     assert response.metrics["squash-processor-0"]["cache_misses"] == 1
     emf = json.loads(capsys.readouterr().out.splitlines()[-1])  # metrics as CloudWatch EMF on stdout
     assert emf["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "Squash" and emf["cache_misses"] == [1.0]
+
+
+@pytest.mark.filterwarnings("ignore:No application metrics to publish")  # a failed invocation emits none
+def test_lambda_time_limit_bounds_the_deadline(monkeypatch: pytest.MonkeyPatch, canned_index: Any) -> None:
+    event = json.loads((EVENTS / "processor_request.json").read_text())
+    app = _processor_app(monkeypatch)
+    generous = {**event, "budget_ms": 60_000}
+    assert ProcessorResponse.from_event(app.lambda_handler(generous, _LambdaContext(remaining_ms=30_000))).ids.size
+    # The budget allows a minute, but Lambda stops this invocation now: it must not start the search.
+    with pytest.raises(InvocationTimeoutError, match="deadline passed"):
+        app.lambda_handler(generous, _LambdaContext(remaining_ms=0))
 
 
 def test_canned_events_parse() -> None:

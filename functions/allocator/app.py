@@ -8,7 +8,6 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from squash import handlers
-from squash.protocol import AllocatorRequest
 
 logger = Logger(service="squash-allocator")
 metrics = Metrics(namespace="Squash", service="allocator")
@@ -20,4 +19,4 @@ CONTEXT = handlers.HandlerContext.from_env("allocator", emit=handlers.metric_sin
 @logger.inject_lambda_context
 @metrics.log_metrics(capture_cold_start_metric=True)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return handlers.allocate(AllocatorRequest.from_event(event), CONTEXT).to_event()
+    return handlers.handle("allocator", event, CONTEXT, remaining_ms=context.get_remaining_time_in_millis())

@@ -8,7 +8,6 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from squash import handlers
-from squash.protocol import CoordinatorRequest
 
 logger = Logger(service="squash-coordinator")
 metrics = Metrics(namespace="Squash", service="coordinator")
@@ -20,4 +19,4 @@ CONTEXT = handlers.HandlerContext.from_env("coordinator", emit=handlers.metric_s
 @logger.inject_lambda_context
 @metrics.log_metrics(capture_cold_start_metric=True)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return handlers.coordinate(CoordinatorRequest.from_event(event), CONTEXT).to_event()
+    return handlers.handle("coordinator", event, CONTEXT, remaining_ms=context.get_remaining_time_in_millis())
