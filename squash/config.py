@@ -25,6 +25,8 @@ ENV_CACHE_FRACTION = "SQUASH_CACHE_FRACTION"
 ENV_QUERIES_PER_ALLOCATOR = "SQUASH_QUERIES_PER_ALLOCATOR"
 ENV_MAX_FAN_OUT = "SQUASH_MAX_FAN_OUT"
 ENV_INVOKE_TIMEOUT = "SQUASH_INVOKE_TIMEOUT"
+ENV_ALLOCATOR_CONCURRENCY = "SQUASH_ALLOCATOR_CONCURRENCY"
+ENV_PROCESSOR_CONCURRENCY = "SQUASH_PROCESSOR_CONCURRENCY"
 
 _DEFAULT_SLOTS = 10
 
@@ -53,6 +55,10 @@ class RuntimeConfig:
         hedge_min_seconds: a processor call running longer than this and than its siblings' p95 gets a
             duplicate; the first answer wins (processors are idempotent).
         deadline_margin: seconds each level keeps back from its deadline to send its answer up.
+        allocator_concurrency: the allocator function's reserved concurrency (None: unlimited); the
+            coordinator never starts a tree needing more allocators at once.
+        processor_concurrency: each processor slot's reserved concurrency (None: unlimited); the coordinator
+            never starts a tree that could call one slot more often at once.
     """
 
     coordinator_function: str = "squash-coordinator"
@@ -73,6 +79,8 @@ class RuntimeConfig:
     retry_budget_floor: int = 3
     hedge_min_seconds: float = 1.0
     deadline_margin: float = 0.05
+    allocator_concurrency: int | None = None
+    processor_concurrency: int | None = None
 
     def __post_init__(self) -> None:
         names = (self.coordinator_function, self.allocator_function, *self.processor_functions)
@@ -94,6 +102,14 @@ class RuntimeConfig:
             (0 <= self.retry_budget_ratio <= 1, "retry_budget_ratio must be in [0, 1]"),
             (self.retry_budget_floor >= 0, "retry_budget_floor must be >= 0"),
             (self.deadline_margin >= 0, "deadline_margin must be >= 0"),
+            (
+                self.allocator_concurrency is None or self.allocator_concurrency >= 1,
+                "allocator_concurrency must be >= 1 or None",
+            ),
+            (
+                self.processor_concurrency is None or self.processor_concurrency >= 1,
+                "processor_concurrency must be >= 1 or None",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -141,6 +157,8 @@ class RuntimeConfig:
             ("queries_per_allocator", ENV_QUERIES_PER_ALLOCATOR, int),
             ("max_fan_out", ENV_MAX_FAN_OUT, int),
             ("invoke_timeout", ENV_INVOKE_TIMEOUT, float),
+            ("allocator_concurrency", ENV_ALLOCATOR_CONCURRENCY, int),
+            ("processor_concurrency", ENV_PROCESSOR_CONCURRENCY, int),
         ):
             if env.get(variable):
                 values[name] = _env_number(env, variable, kind, None)

@@ -1,7 +1,8 @@
 """Cloud-agnostic bodies of the coordinator, allocator and processor functions (design/algorithm.md 5.1-5.5).
 
 - The coordinator pins the index version, validates the batch once (dimensions, filters, knobs), chooses
-  the allocator tree and starts it; at depth 0 it does an allocator's work itself.
+  the allocator tree within the functions' reserved concurrency (`squash.concurrency`) and starts it; at
+  depth 0 it does an allocator's work itself.
 - An allocator first starts its children (each gets its subtree's slice of the batch), then plans its own
   share with `plan_queries` (single-pass rule), calls one processor per partition concurrently, merges the
   partial top-k, and finally joins its children.
@@ -37,6 +38,7 @@ from numpy.typing import NDArray
 
 from squash.compute.base import Invoker, call
 from squash.compute.retry import Deadline, FanOut, RetryBudget, RetryPolicy, retrying
+from squash.concurrency import check_plan, fit_shape
 from squash.config import RuntimeConfig
 from squash.dre import LruCache, MeteredStore
 from squash.errors import IndexNotFoundError, InvalidInputError, SquashError
@@ -67,7 +69,7 @@ from squash.search.queries import prepare_queries
 from squash.search.result import STAT_FIELDS, empty_stats
 from squash.search.scan import search_partition
 from squash.storage import ObjectStore, open_store
-from squash.tree import TreeShape, choose_shape
+from squash.tree import TreeShape
 
 # Index metadata versions a container keeps (a rebuild adds one; old ones age out).
 _INDEXES_KEPT = 4
@@ -418,13 +420,9 @@ def coordinate(request: CoordinatorRequest, ctx: HandlerContext) -> CoordinatorR
     # Normalise (cosine) once here; allocators and processors search exactly these vectors.
     queries = prepare_queries(request.queries, meta)
     request.filters.compile(meta)  # reject a bad filter before anything is invoked
-    config = ctx.config
-    shape = request.shape or choose_shape(
-        len(queries),
-        per_allocator=config.queries_per_allocator,
-        max_branching=config.max_branching,
-        max_allocators=config.max_allocators,
-    )
+    # Within the functions' reserved concurrency, checked before anything is invoked.
+    shape = request.shape or fit_shape(len(queries), meta.n_partitions, ctx.config)
+    check_plan(shape, len(queries), meta.n_partitions, ctx.config)
     work = _Work(ref, queries, request.filters, request.k, request.knobs, inv.deadline)
     share, own = _run_node(inv, work, shape, None, 0)
     metrics = merge_metrics([*share.metrics, inv.finish(own)])
