@@ -20,9 +20,10 @@ from hypothesis.extra import numpy as hnp
 
 import squash
 from squash.config import RuntimeConfig
-from squash.errors import LimitExceededError, SquashError
+from squash.errors import InvalidInputError, LimitExceededError, SquashError
 from squash.pipeline import build_index
 from squash.protocol import (
+    MAX_BUDGET_MS,
     MAX_DIM,
     AllocatorRequest,
     AllocatorResponse,
@@ -250,6 +251,28 @@ def test_event_validation_on_mutated_events(kind: type, data: st.DataObject) -> 
         _count("event.accepted")
     except SquashError:
         _count("event.rejected")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    budget=st.one_of(
+        st.integers(-(2**70), 2**70),
+        st.integers(-2, MAX_BUDGET_MS + 2),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.booleans(),
+        st.text(max_size=3),
+        st.none(),
+    )
+)
+def test_budget_is_a_bounded_whole_number_of_milliseconds(budget: Any) -> None:
+    event = {**EVENTS[ProcessorRequest], "budget_ms": budget}
+    if budget is None or (type(budget) is int and 1 <= budget <= MAX_BUDGET_MS):
+        assert ProcessorRequest.from_event(event).budget_ms == budget
+        _count("budget.accepted")
+    else:
+        with pytest.raises(InvalidInputError, match=r"'budget_ms' must be an integer in 1\.\.3600000"):
+            ProcessorRequest.from_event(event)
+        _count("budget.rejected")
 
 
 # --- index builds -----------------------------------------------------------------------------------------
