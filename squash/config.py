@@ -48,7 +48,10 @@ class RuntimeConfig:
         payload_limit: largest request or response in bytes; bigger query batches are split.
         invoke_timeout: seconds to wait for one synchronous invocation; above every function timeout.
         retry_attempts: tries of one invocation that fails with a retryable error (throttling, timeout, 5xx).
-        retry_base_delay: first backoff in seconds; each retry doubles the cap, with full jitter.
+        retry_base_delay: first backoff in seconds; each retry doubles the cap, with full jitter. No SDK backoff
+            sits underneath (botocore's retries are off), and a throttled call retried within tens of
+            milliseconds meets the same full concurrency: 4 clients on 2 local coordinator workers failed
+            17.6% of batches at 0.05 s, 4.4% at 0.25 s.
         retry_max_delay: cap on one backoff in seconds.
         retry_budget_ratio: extra calls (retries and hedges) one node may make per call it makes...
         retry_budget_floor: ...plus this many, for one request (`squash.compute.retry.RetryBudget`).
@@ -73,7 +76,7 @@ class RuntimeConfig:
     payload_limit: int = MAX_PAYLOAD
     invoke_timeout: float = 910.0
     retry_attempts: int = 4
-    retry_base_delay: float = 0.05
+    retry_base_delay: float = 0.25
     retry_max_delay: float = 2.0
     retry_budget_ratio: float = 0.2
     retry_budget_floor: int = 3
