@@ -15,7 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from squash.compute.base import Invoker, call
-from squash.compute.retry import Deadline, FanOut, RetryPolicy, retrying
+from squash.compute.retry import Deadline, FanOut, RetryBudget, RetryPolicy, retrying
 from squash.config import RuntimeConfig
 from squash.errors import IncompleteResultError, InvalidInputError, InvocationTimeoutError, SquashError
 from squash.protocol import (
@@ -190,8 +190,9 @@ class Client:
             branching, depth: the allocator tree (b, L); both None lets the coordinator choose (about one
                 allocator per 50 queries; depth 0, no allocators, for small batches). ``depth=0`` alone
                 makes the coordinator call the processors itself.
-            timeout: seconds the whole query may take; every level stops waiting and retrying at this
-                deadline, and the query then fails with `InvocationTimeoutError`.
+            timeout: seconds the whole query may take (at most 3,600), measured on this machine's clock
+                and sent as a remaining-time budget, so a caller's clock skew does not matter; every level
+                stops waiting and retrying in time, and the query then fails with `InvocationTimeoutError`.
             allow_partial: return results even if some partitions could not be searched, with
                 ``complete`` False for the queries that missed one; by default that raises
                 `IncompleteResultError` naming the partitions.
@@ -202,7 +203,8 @@ class Client:
             per-query ``stats`` int64 (nq,) for each of ``STAT_FIELDS``, and run ``info``: ``seconds``
             (wall time), ``version``, ``branching``, ``depth``, ``allocators``, ``coordinator_calls`` (more
             than 1 when the batch was split to fit the payload limit); totals ``invocations``, ``cold``,
-            ``warm``, ``gets``, ``bytes_read``, ``lists``, ``retries``, ``hedges``; per role
+            ``warm``, ``gets``, ``bytes_read``, ``lists``, ``retries``, ``hedges``, ``retries_denied``
+            (retries the retry budget refused; the client's own retries of the coordinator included); per role
             ``<role>.<counter>`` (for example ``processor.cache_hits``, ``allocator.seconds``,
             ``processor.max_seconds``); per function ``function.<name>.<counter>``. Counters are listed in
             `squash.protocol.COUNTERS`. ``complete`` (bool (nq,)) is False only for the queries that missed
@@ -220,29 +222,31 @@ class Client:
             k,
             knobs,
             _shape(branching, depth),
-            deadline_ms=deadline.earlier(self.config.deadline_margin).epoch_ms,
         )
+        budget = RetryBudget.of(self.config)
         responses: list[CoordinatorResponse] = []
         for part, event in split_request(request, self.config.payload_limit, self._functions):
             if responses:
                 # Later slices of a split batch must search the build the first one found.
                 part = replace(part, index=IndexRef(self.uri, responses[0].version, responses[0].build))
                 event = part.to_event()
-            responses.append(self._call(part, event, deadline))
+            responses.append(self._call(part, event, deadline, budget))
         response = CoordinatorResponse.concat(responses)
         if response.missing and not allow_partial:
             raise _incomplete(response.missing)
-        info = _run_info(response, time.perf_counter() - started, len(responses))
+        info = _run_info(response, time.perf_counter() - started, len(responses), budget)
         return SearchResult(
             response.ids, response.distances, dict(response.stats), info, response.complete, response.recall_estimate
         )
 
-    def _call(self, part: CoordinatorRequest, event: dict[str, Any], deadline: Deadline) -> CoordinatorResponse:
+    def _call(
+        self, part: CoordinatorRequest, event: dict[str, Any], deadline: Deadline, budget: RetryBudget
+    ) -> CoordinatorResponse:
         """Invoke the coordinator, retrying transient errors, waiting no longer than the deadline."""
         policy = RetryPolicy.of(self.config)
-        attempt = partial(call, self.invoker, self.function, part, event)
+        attempt = partial(call, self.invoker, self.function, part, event, deadline.earlier(self.config.deadline_margin))
         (outcome,) = FanOut(
-            [partial(retrying, attempt, policy, deadline, self.function)], limit=1, deadline=deadline
+            [partial(retrying, attempt, policy, deadline, self.function, budget)], limit=1, deadline=deadline
         ).results()
         if isinstance(outcome, SquashError):
             raise outcome
@@ -281,8 +285,9 @@ def _shape(branching: int | None, depth: int | None) -> TreeShape | None:
     return TreeShape(branching, depth)
 
 
-def _run_info(response: CoordinatorResponse, seconds: float, calls: int) -> dict[str, float]:
-    """Flatten the per-function metrics into role totals, overall totals and per-function figures."""
+def _run_info(response: CoordinatorResponse, seconds: float, calls: int, budget: RetryBudget) -> dict[str, float]:
+    """Flatten the per-function metrics into role totals, overall totals and per-function figures, adding
+    the client's own retries of the coordinator to the totals."""
     info: dict[str, float] = {
         "seconds": seconds,
         "version": response.version,
@@ -300,6 +305,8 @@ def _run_info(response: CoordinatorResponse, seconds: float, calls: int) -> dict
             info[f"function.{function}.{name}"] = value
             key = f"{role}.{name}"
             info[key] = max(info[key], value) if name in MAX_COUNTERS else info[key] + value
-    for name in ("invocations", "cold", "warm", "gets", "bytes_read", "lists", "retries", "hedges"):
+    for name in ("invocations", "cold", "warm", "gets", "bytes_read", "lists", "retries", "hedges", "retries_denied"):
         info[name] = sum(info[f"{role}.{name}"] for role in ROLES)
+    info["retries"] += budget.retries
+    info["retries_denied"] += budget.denied
     return info

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from squash.storage import ObjectInfo, ObjectStore, StoreStats
 from squash.storage.base import S3_COALESCE_GAP, get_coalesced
@@ -85,16 +85,21 @@ class LruCache(Generic[V]):
 
 class MeteredStore:
     """A view of an `ObjectStore` with its own counters, so one invocation's reads are measured apart from
-    those of invocations running concurrently on the same store (in-process mode)."""
+    those of invocations running concurrently on the same store (in-process mode).
 
-    def __init__(self, inner: ObjectStore) -> None:
+    ``retry(read, key)`` runs each read (get, head, list), so an invocation retries a throttled read
+    itself rather than failing and leaving the retry to its caller; by default reads run once.
+    """
+
+    def __init__(self, inner: ObjectStore, retry: Callable[[Callable[[], Any], str], Any] | None = None) -> None:
         self.inner = inner
         self.uri = inner.uri
         self.stats = StoreStats()
         self.lists = 0
+        self._retry = retry or (lambda read, _key: read())
 
     def get(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
-        data = self.inner.get(key, byte_range)
+        data = self._retry(lambda: self.inner.get(key, byte_range), key)
         self.stats.record_get(len(data))
         return data
 
@@ -103,7 +108,7 @@ class MeteredStore:
         return get_coalesced(self.get, key, ranges, S3_COALESCE_GAP)
 
     def head(self, key: str) -> ObjectInfo:
-        info = self.inner.head(key)
+        info = self._retry(lambda: self.inner.head(key), key)
         self.stats.record_get(0)
         return info
 
@@ -115,11 +120,11 @@ class MeteredStore:
 
     def list(self, prefix: str = "") -> list[str]:
         self.lists += 1
-        return self.inner.list(prefix)
+        return self._retry(lambda: self.inner.list(prefix), prefix)
 
     def list_info(self, prefix: str = "") -> list[ObjectInfo]:
         self.lists += 1
-        return self.inner.list_info(prefix)
+        return self._retry(lambda: self.inner.list_info(prefix), prefix)
 
     def delete(self, key: str) -> None:
         self.inner.delete(key)

@@ -15,17 +15,25 @@
     │   └── CorruptObjectError     checksum, magic or layout mismatch in a stored object
     ├── InvocationError            a function invocation failed
     │   ├── ThrottledInvocationError  the function service refused for concurrency (retryable)
+    │   ├── WorkerCrashedError        the function's worker died mid-invocation (retryable: calls are reads)
     │   └── InvocationTimeoutError    a deadline passed
     └── IncompleteResultError      some partitions could not be searched
 
-Messages name the problem and, where there is one, the fix.
+Messages name the problem and, where there is one, the fix. An error that crossed the wire from a remote
+function's handler keeps its class and names that function in ``raised_by``.
 """
 
 from __future__ import annotations
 
 
 class SquashError(Exception):
-    """Base class of every error Squash raises on purpose."""
+    """Base class of every error Squash raises on purpose.
+
+    ``raised_by`` is the function whose handler raised the error (None: raised in this process); that
+    function has already retried what it could, so its caller does not retry it again.
+    """
+
+    raised_by: str | None = None
 
 
 class InvalidInputError(SquashError, ValueError):
@@ -90,6 +98,13 @@ class InvocationError(SquashError):
 
 class ThrottledInvocationError(InvocationError):
     """The function service refused the invocation for lack of concurrency."""
+
+
+class WorkerCrashedError(InvocationError):
+    """The function's worker died before answering (killed, exited, ``Runtime.ExitError`` on Lambda).
+
+    Retryable: every Squash invocation is a read, so running it again is safe.
+    """
 
 
 class InvocationTimeoutError(InvocationError):

@@ -1,7 +1,8 @@
 """Cloud-agnostic bodies of the coordinator, allocator and processor functions (design/algorithm.md 5.1-5.5).
 
 - The coordinator pins the index version, validates the batch once (dimensions, filters, knobs), chooses
-  the allocator tree and starts it; at depth 0 it does an allocator's work itself.
+  the allocator tree within the functions' reserved concurrency (`squash.concurrency`) and starts it; at
+  depth 0 it does an allocator's work itself.
 - An allocator first starts its children (each gets its subtree's slice of the batch), then plans its own
   share with `plan_queries` (single-pass rule), calls one processor per partition concurrently, merges the
   partial top-k, and finally joins its children.
@@ -11,8 +12,10 @@
 Results come back up in the responses with per-function metrics (timings, invocations, cold/warm, cache
 hits, storage requests and bytes).
 
-Fault handling (`squash.compute.retry`): every invocation is retried on transient errors with jittered
-backoff; processor stragglers are hedged; every level stops at the request's ``deadline_ms``. A partition
+Fault handling (`squash.compute.retry`): every node retries its own failed invocations and storage reads
+on transient errors with jittered backoff, within its retry budget, and never an error its callee raised
+after its own retries; processor stragglers are hedged. Every level stops at its own deadline: its
+request's ``budget_ms`` from its arrival, and on Lambda no later than the end of its time limit. A partition
 that still cannot be searched marks its queries incomplete and is named in the response's ``missing``;
 the client raises `IncompleteResultError` unless asked for partial results, so results are never silently
 partial.
@@ -35,14 +38,14 @@ from numpy.typing import NDArray
 
 from squash.access import check_allowed
 from squash.compute.base import Invoker, call
-from squash.compute.retry import Attempts, Deadline, FanOut, RetryPolicy, retrying
+from squash.compute.retry import Deadline, FanOut, RetryBudget, RetryPolicy, retrying
+from squash.concurrency import check_plan, fit_shape
 from squash.config import RuntimeConfig
 from squash.dre import LruCache, MeteredStore
 from squash.errors import InvalidInputError, SquashError
 from squash.format import StoredIndex, find_manifest, index_changed, open_index
 from squash.model import IndexMeta
 from squash.protocol import (
-    MAX_TIMEOUT,
     RESPONSES,
     AllocatorRequest,
     AllocatorResponse,
@@ -67,7 +70,7 @@ from squash.search.queries import prepare_queries
 from squash.search.result import STAT_FIELDS, calibrated_estimates, empty_stats
 from squash.search.scan import search_partition
 from squash.storage import ObjectStore, open_store
-from squash.tree import TreeShape, choose_shape
+from squash.tree import TreeShape
 
 # Index metadata versions a container keeps (a rebuild adds one; old ones age out).
 _INDEXES_KEPT = 4
@@ -82,7 +85,8 @@ _STORES_KEPT = 64
 # "precompiled NUM_THREADS exceeded"; a run with 200 concurrent processors died of heap corruption), and more
 # callers than cores only adds contention.
 _COMPUTE = threading.BoundedSemaphore(os.cpu_count() or 1)
-# When the event being handled on this thread arrived (wall, thread CPU): each invocation runs on one thread.
+# When the event being handled on this thread arrived (perf_counter, thread CPU, monotonic) and the time
+# Lambda had left for it (ms, None off Lambda): each invocation runs on one thread.
 _ARRIVED = threading.local()
 # Modelled latency of one warm synchronous invoke hop on Lambda (design/anchors.md: "tens of ms warm"), added
 # to a parent's modelled duration for its slowest child.
@@ -147,20 +151,34 @@ class HandlerContext:
 
 
 class _Invocation:
-    """One invocation's meter: timings, cache outcomes and the storage requests it made itself."""
+    """One invocation's meter (timings, cache outcomes and the storage requests it made itself), its
+    deadline and its retry budget."""
 
-    def __init__(self, ctx: HandlerContext, uri: str) -> None:
+    def __init__(self, ctx: HandlerContext, request: CoordinatorRequest | AllocatorRequest | ProcessorRequest) -> None:
         # Timed from the event's arrival in `handle`, so decoding the request counts as on Lambda.
         arrived = getattr(_ARRIVED, "clocks", None)
         _ARRIVED.clocks = None
-        self.started, self.cpu_started = arrived or (time.perf_counter(), time.thread_time())
+        self.started, self.cpu_started, arrival, remaining_ms = arrived or (
+            time.perf_counter(),
+            time.thread_time(),
+            time.monotonic(),
+            None,
+        )
+        self.deadline = _deadline(request.budget_ms, remaining_ms, arrival)
         self.slowest_child_ms: float | None = None
         self.ctx = ctx
         self.cold = ctx.begin()
-        self.meter = MeteredStore(ctx.store(uri))
+        self.policy = RetryPolicy.of(ctx.config)
+        self.budget = RetryBudget.of(ctx.config)
+        self.meter = MeteredStore(ctx.store(request.index.uri), retry=self.retrying)
         self.counters: defaultdict[str, float] = defaultdict(int)
-        self.attempts = Attempts()
         self._indexes: dict[tuple[str, int | None, str | None], StoredIndex] = {}
+        if self.deadline is not None:
+            self.deadline.check(f"the {request.KIND} started")  # a late request does no work at all
+
+    def retrying(self, fn: Callable[[], Any], what: str) -> Any:
+        """``fn()`` retried on transient errors within this invocation's deadline and budget."""
+        return retrying(fn, self.policy, self.deadline, what, self.budget)
 
     def add(self, **values: float) -> None:
         for name, value in values.items():
@@ -231,8 +249,9 @@ class _Invocation:
             "gets": self.meter.stats.gets,
             "bytes_read": self.meter.stats.bytes_read,
             "lists": self.meter.lists,
-            "retries": self.attempts.retries,
-            "hedges": self.attempts.hedges,
+            "retries": self.budget.retries,
+            "hedges": self.budget.hedges,
+            "retries_denied": self.budget.denied,
             **self.counters,
         }
         if self.ctx.emit is not None:
@@ -277,24 +296,23 @@ def _functions(config: RuntimeConfig) -> int:
     return 2 + len(config.processor_functions)
 
 
-def _invoke(inv: _Invocation, function: str, request: Any) -> Any:
-    """One child request (split to fit the payload limit), each part retried on transient errors."""
+def _invoke(inv: _Invocation, function: str, request: Any, deadline: Deadline | None) -> Any:
+    """One child request (split to fit the payload limit) with time until ``deadline``, each part retried
+    on transient errors."""
     config = inv.ctx.config
-    policy = RetryPolicy.of(config)
-    deadline = None if request.deadline_ms is None else Deadline(request.deadline_ms)
     parts = [
-        retrying(partial(call, inv.ctx.invoker, function, part, event), policy, deadline, function, inv.attempts)
+        inv.retrying(partial(call, inv.ctx.invoker, function, part, event, deadline), function)
         for part, event in split_request(request, config.payload_limit, _functions(config))
     ]
     return RESPONSES[type(request)].concat(parts)
 
 
-def _child_deadline(work: _Work, margin: float) -> tuple[Deadline | None, int | None]:
-    """When this node stops waiting for its children, and the deadline (epoch ms) it gives them."""
+def _child_deadline(work: _Work, margin: float) -> tuple[Deadline | None, Deadline | None]:
+    """When this node stops waiting for its children, and the deadline whose remaining time they get."""
     if work.deadline is None:
         return None, None
     mine = work.deadline.earlier(margin)
-    return mine, mine.earlier(margin).epoch_ms
+    return mine, mine.earlier(margin)
 
 
 def _search_share(inv: _Invocation, work: _Work) -> _Share:
@@ -317,7 +335,7 @@ def _search_share(inv: _Invocation, work: _Work) -> _Share:
     compiled = work.filters.compile(meta)
     visits: list[tuple[int, NDArray[np.int64], ProcessorRequest]] = []
     config = inv.ctx.config
-    wait_until, child_ms = _child_deadline(work, config.deadline_margin)
+    wait_until, child = _child_deadline(work, config.deadline_margin)
     with _COMPUTE:
         started = time.perf_counter()
         for effort in effort_groups(meta, compiled, work.knobs):
@@ -330,18 +348,16 @@ def _search_share(inv: _Invocation, work: _Work) -> _Share:
                     (
                         pid,
                         rows,
-                        ProcessorRequest(
-                            part.ref, part.queries, part.filters, k, part.knobs, pid, probes, deadline_ms=child_ms
-                        ),
+                        ProcessorRequest(part.ref, part.queries, part.filters, k, part.knobs, pid, probes),
                     )
                 )
         inv.add(plan_seconds=time.perf_counter() - started, partitions=len(visits))
     responses = FanOut(
-        [partial(_invoke, inv, config.processor_for(pid), r) for pid, _, r in visits],
+        [partial(_invoke, inv, config.processor_for(pid), r, child) for pid, _, r in visits],
         limit=config.max_fan_out,
         deadline=wait_until,
         hedge_after=config.hedge_min_seconds,
-        attempts=inv.attempts,
+        budget=inv.budget,
     ).results()
     missing, metrics = [], []
     # Merge visit by visit in the order the engine merges (effort group, then ascending partition), so every
@@ -373,7 +389,7 @@ def _run_node(inv: _Invocation, work: _Work, shape: TreeShape, node: int | None,
     fails this node (its first error in order is raised).
     """
     config = inv.ctx.config
-    wait_until, child_ms = _child_deadline(work, config.deadline_margin)
+    wait_until, child_deadline = _child_deadline(work, config.deadline_margin)
     own, counts = shape.shares(work.queries.shape[0], level)
     bounds = np.cumsum([own, *counts]).tolist()
     children = []
@@ -390,14 +406,12 @@ def _run_node(inv: _Invocation, work: _Work, shape: TreeShape, node: int | None,
                     shape,
                     node=child,
                     level=level + 1,
-                    deadline_ms=child_ms,
                 )
             )
     pending = FanOut(
-        [partial(_invoke, inv, config.allocator_function, r) for r in children],
+        [partial(_invoke, inv, config.allocator_function, r, child_deadline) for r in children],
         limit=config.max_fan_out,
         deadline=wait_until,
-        attempts=inv.attempts,
     )
     mine = _search_share(inv, work.take(slice(0, own)))
     waiting = time.perf_counter()
@@ -418,38 +432,26 @@ def _run_node(inv: _Invocation, work: _Work, shape: TreeShape, node: int | None,
     return share, own
 
 
-def _deadline(request: CoordinatorRequest | AllocatorRequest | ProcessorRequest) -> Deadline | None:
-    """The request's deadline, checked on arrival: a late request does no work at all."""
-    if request.deadline_ms is None:
-        return None
-    deadline = Deadline(request.deadline_ms)
-    deadline.check(f"{request.KIND} started")
-    if deadline.remaining() > MAX_TIMEOUT:
-        raise InvalidInputError(
-            f"{request.KIND}: field 'deadline_ms' is {deadline.remaining():.3g} s away, over the limit of "
-            f"{MAX_TIMEOUT:,} s; give a nearer deadline"
-        )
-    return deadline
+def _deadline(budget_ms: int | None, remaining_ms: int | None, arrival: float) -> Deadline | None:
+    """This node's deadline: ``budget_ms`` after its ``arrival`` (`time.monotonic`), and never past the
+    ``remaining_ms`` Lambda gave the invocation (None for either: no such bound)."""
+    bounds = [ms for ms in (budget_ms, remaining_ms) if ms is not None]
+    return Deadline.after(min(bounds) / 1000, start=arrival) if bounds else None
 
 
 def coordinate(request: CoordinatorRequest, ctx: HandlerContext) -> CoordinatorResponse:
     """Answer a client's batch: pin the version, validate, run the tree, gather results and metrics."""
-    inv = _Invocation(ctx, request.index.uri)
-    deadline = _deadline(request)
+    inv = _Invocation(ctx, request)
     ref = inv.resolve(request.index)
     meta = inv.index(ref).meta
     # Normalise (cosine) once here; allocators and processors search exactly these vectors.
     queries = prepare_queries(request.queries, meta)
     compiled = request.filters.compile(meta)  # reject a bad filter before anything is invoked
     efforts = effort_groups(meta, compiled, request.knobs)  # and bad knobs; allocators choose the same
-    config = ctx.config
-    shape = request.shape or choose_shape(
-        len(queries),
-        per_allocator=config.queries_per_allocator,
-        max_branching=config.max_branching,
-        max_allocators=config.max_allocators,
-    )
-    work = _Work(ref, queries, request.filters, request.k, request.knobs, deadline)
+    # Within the functions' reserved concurrency, checked before anything is invoked.
+    shape = request.shape or fit_shape(len(queries), meta.n_partitions, ctx.config)
+    check_plan(shape, len(queries), meta.n_partitions, ctx.config)
+    work = _Work(ref, queries, request.filters, request.k, request.knobs, inv.deadline)
     share, own = _run_node(inv, work, shape, None, 0)
     metrics = merge_metrics([*share.metrics, inv.finish(own)])
     return CoordinatorResponse(
@@ -468,8 +470,8 @@ def coordinate(request: CoordinatorRequest, ctx: HandlerContext) -> CoordinatorR
 
 def allocate(request: AllocatorRequest, ctx: HandlerContext) -> AllocatorResponse:
     """Search the queries of the subtree rooted at ``request.node``; children start before anything else."""
-    inv = _Invocation(ctx, request.index.uri)
-    work = _Work(request.index, request.queries, request.filters, request.k, request.knobs, _deadline(request))
+    inv = _Invocation(ctx, request)
+    work = _Work(request.index, request.queries, request.filters, request.k, request.knobs, inv.deadline)
     share, own = _run_node(inv, work, request.shape, request.node, request.level)
     metrics = merge_metrics([*share.metrics, inv.finish(own)])
     return AllocatorResponse(
@@ -479,7 +481,7 @@ def allocate(request: AllocatorRequest, ctx: HandlerContext) -> AllocatorRespons
 
 def process(request: ProcessorRequest, ctx: HandlerContext) -> ProcessorResponse:
     """Search one partition, loaded once per container and build and kept warm (DRE)."""
-    inv = _Invocation(ctx, request.index.uri)
+    inv = _Invocation(ctx, request)
     stored = inv.index(request.index, count_hits=False)
     meta, pid = stored.meta, request.partition
     if pid >= meta.n_partitions:
@@ -487,7 +489,7 @@ def process(request: ProcessorRequest, ctx: HandlerContext) -> ProcessorResponse
     _check_dim(request.queries, meta)
     params = SearchParams.from_knobs(dict(request.knobs))
     filters = request.filters.compile(meta)
-    deadline = _deadline(request)
+    deadline = inv.deadline
     with _COMPUTE:
         if deadline is not None:
             deadline.check(f"searching partition {pid}")
@@ -515,8 +517,12 @@ _ROUTES: dict[str, tuple[Any, Callable[[Any, HandlerContext], Any]]] = {
 }
 
 
-def handle(role: str, event: dict[str, Any], ctx: HandlerContext) -> dict[str, Any]:
-    """Validate ``event`` for ``role``, run its handler and encode the response."""
+def handle(role: str, event: dict[str, Any], ctx: HandlerContext, *, remaining_ms: int | None = None) -> dict[str, Any]:
+    """Validate ``event`` for ``role``, run its handler and encode the response.
+
+    ``remaining_ms`` is the time the platform gives the invocation (Lambda's
+    ``context.get_remaining_time_in_millis()``); the handler stops by then even if its budget is longer.
+    """
     request_type, body = _ROUTES[role]
-    _ARRIVED.clocks = (time.perf_counter(), time.thread_time())
+    _ARRIVED.clocks = (time.perf_counter(), time.thread_time(), time.monotonic(), remaining_ms)
     return body(request_type.from_event(event), ctx).to_event()

@@ -88,7 +88,8 @@ def lambda_handler(role: str, context: handlers.HandlerContext | None = None) ->
         # A container runs one invocation at a time, so one dict carries its counters from emit to here.
         reported.clear()
         try:
-            response = handlers.handle(role, event, container)
+            remaining_ms = lambda_context.get_remaining_time_in_millis()
+            response = handlers.handle(role, event, container, remaining_ms=remaining_ms)
         except Exception as exc:
             failure = {"request_id": lambda_context.aws_request_id, "role": role, "error": type(exc).__name__}
             logger.error("invocation failed", extra={**failure, "detail": str(exc)})

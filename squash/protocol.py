@@ -15,9 +15,11 @@ Filters travel as their JSON, deduplicated: ``filters`` lists the distinct expre
 is validated again where it is used; no bitmap ever crosses the wire. Every request names the index by URI,
 manifest version and build id, so a rebuilt index is never served from a stale cache.
 
-Requests may carry ``deadline_ms`` (absolute epoch milliseconds; null or absent: none) by which the receiver
-must answer. Responses carry a per-query ``complete`` flag (bool array) and ``missing``, the partitions that
-could not be searched, each ``{partition, error, message}``.
+Requests may carry ``budget_ms`` (null or absent: no limit), the whole milliseconds the receiver has to
+answer, counted from the moment the request reaches it: each node sets its own deadline from its arrival,
+so no node depends on another machine's clock. The sender measures it when it sends
+(`squash.compute.base.call`). Responses carry a per-query ``complete`` flag (bool array) and ``missing``,
+the partitions that could not be searched, each ``{partition, error, message}``.
 
 ``from_event`` checks everything (known keys, JSON types, dtypes, shapes, sizes, ranges) and raises
 `InvalidInputError` naming the message kind and field. `split_request` keeps each request and its expected
@@ -50,9 +52,10 @@ from squash.tree import TreeShape
 
 PROTOCOL_VERSION = 1
 MAX_DIM = 65_536
-# Longest time a query may be given, in seconds: a day, far above any Lambda timeout (900 s) and far below the
-# ~9.2e9 s past which thread waits overflow.
-MAX_TIMEOUT = 86_400
+# Longest time budget a request may carry: one hour, far above any function's timeout (Lambda's is 15 min).
+MAX_BUDGET_MS = 3_600_000
+# Longest ``timeout`` a caller may give, in seconds: the longest budget a request may carry.
+MAX_TIMEOUT = MAX_BUDGET_MS // 1000
 ROLES = ("coordinator", "allocator", "processor")
 # Per-function counters that travel up the tree; every one is summed except those in MAX_COUNTERS.
 COUNTERS = (
@@ -81,8 +84,9 @@ COUNTERS = (
     "cache_hits",  # processors: partitions found warm; other roles: index metadata found warm
     "cache_misses",
     "evictions",  # partitions dropped to stay under the memory budget
-    "retries",  # invocations this function retried after a transient error
+    "retries",  # invocations and storage reads this function retried after a transient error
     "hedges",  # duplicate invocations it started for stragglers
+    "retries_denied",  # retries and hedges its retry budget refused (squash.compute.retry.RetryBudget)
 )
 # Counters merged by maximum: a peak, or a setting that is the same for every invocation of a function.
 MAX_COUNTERS = frozenset({"max_seconds", "memory_mb", "critical_ms"})
@@ -171,7 +175,7 @@ _I64 = np.dtype("<i8")
 
 
 # Fields an event may leave out (older senders, hand-written events): absent means null.
-_OPTIONAL_FIELDS = frozenset({"deadline_ms"})
+_OPTIONAL_FIELDS = frozenset({"budget_ms"})
 
 
 class _Event:
@@ -328,7 +332,7 @@ def _check_batch(kind: str, queries: NDArray[Any], filters: FilterSet, k: int, k
         raise type(exc)(f"{kind}: field 'knobs': {exc}") from None
 
 
-_BATCH_FIELDS = ("index", "k", "knobs", "filters", "arrays", "deadline_ms")
+_BATCH_FIELDS = ("index", "k", "knobs", "filters", "arrays", "budget_ms")
 _QUERY_ARRAYS = {"queries": (_F32, 2), "filter_of": (_I32, 1)}
 
 
@@ -341,7 +345,7 @@ class _Batch:
     filters: FilterSet
     k: int
     knobs: Mapping[str, Any]
-    deadline_ms: int | None
+    budget_ms: int | None
 
     @property
     def n_queries(self) -> int:
@@ -360,7 +364,7 @@ class _Batch:
             "knobs": dict(self.knobs),
             "filters": list(self.filters.exprs),
             "arrays": pack_arrays({"queries": self.queries, "filter_of": self.filters.of}),
-            "deadline_ms": self.deadline_ms,
+            "budget_ms": self.budget_ms,
         }
 
     @classmethod
@@ -372,7 +376,7 @@ class _Batch:
             "filters": FilterSet.decode(e["filters"], arrays["filter_of"], cls.KIND),
             "k": e.int("k", 1),
             "knobs": e["knobs"],
-            "deadline_ms": e.int("deadline_ms", 0, optional=True),
+            "budget_ms": e.int("budget_ms", 1, MAX_BUDGET_MS, optional=True),
         }
 
 
@@ -391,7 +395,7 @@ class CoordinatorRequest(_Batch):
     k: int
     knobs: Mapping[str, Any]
     shape: TreeShape | None = None
-    deadline_ms: int | None = field(default=None, kw_only=True)  # epoch ms by which to answer; None: no limit
+    budget_ms: int | None = field(default=None, kw_only=True)  # ms to answer in from arrival; None: no limit
 
     def __post_init__(self) -> None:
         _check_batch(self.KIND, self.queries, self.filters, self.k, self.knobs)
@@ -427,7 +431,7 @@ class AllocatorRequest(_Batch):
     shape: TreeShape
     node: int
     level: int
-    deadline_ms: int | None = field(default=None, kw_only=True)  # epoch ms by which to answer; None: no limit
+    budget_ms: int | None = field(default=None, kw_only=True)  # ms to answer in from arrival; None: no limit
 
     def __post_init__(self) -> None:
         _check_batch(self.KIND, self.queries, self.filters, self.k, self.knobs)
@@ -466,7 +470,7 @@ class ProcessorRequest(_Batch):
     knobs: Mapping[str, Any]
     partition: int
     probes: NDArray[np.int32]
-    deadline_ms: int | None = field(default=None, kw_only=True)  # epoch ms by which to answer; None: no limit
+    budget_ms: int | None = field(default=None, kw_only=True)  # ms to answer in from arrival; None: no limit
 
     def __post_init__(self) -> None:
         _check_batch(self.KIND, self.queries, self.filters, self.k, self.knobs)

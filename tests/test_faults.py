@@ -7,7 +7,9 @@ others must fail loudly, naming the partition or object. The module tallies faul
 
 from __future__ import annotations
 
+import http.server
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -15,12 +17,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_runtime import Built, _build, _same, _stubbed_lambda
+from test_runtime import Built, _build, _payload, _same, _stubbed_lambda
 
 import squash
+from squash.compute.aws_lambda import LambdaInvoker
+from squash.compute.base import remote_error
 from squash.compute.faults import FaultInjectingInvoker, InvokeFault
 from squash.compute.inprocess import InProcessInvoker
-from squash.compute.retry import Deadline, RetryPolicy, retrying
+from squash.compute.retry import Deadline, RetryBudget, RetryPolicy, retryable, retrying
 from squash.config import RuntimeConfig
 from squash.errors import (
     CorruptObjectError,
@@ -29,8 +33,10 @@ from squash.errors import (
     InvalidInputError,
     InvocationError,
     InvocationTimeoutError,
+    SquashError,
     ThrottledError,
     ThrottledInvocationError,
+    WorkerCrashedError,
 )
 from squash.protocol import FilterSet
 from squash.search.engine import group_by_partition
@@ -39,6 +45,7 @@ from squash.search.plan import plan_queries
 from squash.search.queries import prepare_queries
 from squash.storage import open_store
 from squash.storage.faults import Fault, FaultInjectingStore
+from squash.tree import TreeShape
 
 NQ = 12
 K = 10
@@ -69,7 +76,12 @@ class Faulty:
     """An embedded client whose invocations and storage reads go through fault injectors."""
 
     def __init__(
-        self, uri: str, faults: Sequence[InvokeFault] = (), store_faults: Sequence[Fault] = (), **config: Any
+        self,
+        uri: str,
+        faults: Sequence[InvokeFault] = (),
+        store_faults: Sequence[Fault] = (),
+        seed: int = 0,
+        **config: Any,
     ) -> None:
         self.stores: list[FaultInjectingStore] = []
 
@@ -79,12 +91,18 @@ class Faulty:
             return store
 
         settings = {"retry_base_delay": 0.005, "retry_max_delay": 0.02, **config}
-        self.invoker = FaultInjectingInvoker(InProcessInvoker(RuntimeConfig(**settings), open_store=opener), faults)
+        self.invoker = FaultInjectingInvoker(
+            InProcessInvoker(RuntimeConfig(**settings), open_store=opener), faults, seed=seed
+        )
         self.client = squash.Client(uri, invoker=self.invoker)
 
     @property
     def injected(self) -> int:
         return self.invoker.injected + sum(store.injected for store in self.stores)
+
+    def calls(self, role: str) -> int:
+        """Invocations of the functions of ``role`` made so far (the client's included)."""
+        return sum(n for function, n in self.invoker.calls.items() if function.startswith(f"squash-{role}"))
 
     def tally(self, *, survived: bool) -> None:
         TALLY["injected"] += self.injected
@@ -240,6 +258,145 @@ def test_deadline_exceeded_fails_fast(built: Built, function: str) -> None:
     faulty.tally(survived=False)
 
 
+# --- time budgets: every node's deadline runs from its own arrival, on its own clock ---------------------
+
+
+def _skew_caller_clock(monkeypatch: pytest.MonkeyPatch, skew: float) -> None:
+    """Skew the wall clock of this (the caller's) thread only: the functions run on threads of their own,
+    standing for machines whose clocks are right."""
+    real, caller = time.time, threading.current_thread()
+    monkeypatch.setattr(time, "time", lambda: real() + (skew if threading.current_thread() is caller else 0.0))
+
+
+@pytest.mark.parametrize("skew", [-90.0, -1.0])
+def test_a_client_clock_behind_keeps_its_full_timeout(
+    built: Built, monkeypatch: pytest.MonkeyPatch, skew: float
+) -> None:
+    _skew_caller_clock(monkeypatch, skew)
+    slow = InvokeFault(_named("squash-processor-1"), nth=1, delay=0.8)  # needs most of the 1.5 s timeout
+    faulty = Faulty(built.uri, [slow])
+    result = _query(faulty, built, exact=True, timeout=1.5)
+    _same(result, built.index.search(built.queries[:NQ], k=K, exact=True))
+    assert faulty.injected == 1
+    faulty.tally(survived=True)
+
+
+def test_a_budget_too_small_fails_before_anything_is_invoked(built: Built) -> None:
+    faulty = Faulty(built.uri, [InvokeFault()])  # fires on every call, passing it through: counts them
+    with pytest.raises(InvocationTimeoutError, match="no time left to start squash-coordinator"):
+        _query(faulty, built, timeout=0.01)  # less than the client's 0.05 s margin
+    assert faulty.injected == 0
+
+
+# --- one retry layer, at the node that failed, under a budget; crashed workers retried --------------------
+
+
+def test_botocore_makes_one_attempt_per_lambda_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    hits: list[str] = []
+
+    class Throttling(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            hits.append(self.path)
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = b'{"Type": "User", "message": "Rate Exceeded."}'
+            self.send_response(429)
+            self.send_header("x-amzn-ErrorType", "TooManyRequestsException")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Throttling)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    for name, value in {
+        "AWS_ENDPOINT_URL_LAMBDA": f"http://127.0.0.1:{server.server_port}",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "x",
+    }.items():
+        monkeypatch.setenv(name, value)
+    try:
+        with pytest.raises(ThrottledInvocationError):
+            LambdaInvoker().invoke("fn", {})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(hits) == 1, "botocore retried under Squash's own retries"
+
+
+def test_a_crashed_lambda_worker_is_a_retryable_crash() -> None:
+    invoker, stub = _stubbed_lambda()
+    for error_type in ("Runtime.ExitError", "Runtime.Unknown"):
+        body = {
+            "errorType": error_type,
+            "errorMessage": "RequestId: 1 Error: Runtime exited with error: signal: killed",
+        }
+        stub.add_response("invoke", {"StatusCode": 200, "FunctionError": "Unhandled", "Payload": _payload(body)})
+    with stub:
+        for _ in range(2):
+            with pytest.raises(WorkerCrashedError, match=r"fn crashed .*signal: killed") as crashed:
+                invoker.invoke("fn", {})
+            assert retryable(crashed.value)
+
+
+def test_an_error_a_callee_raised_is_final() -> None:
+    raised = remote_error(ALLOCATOR, "ThrottledInvocationError", "squash-processor-1 was throttled")
+    assert isinstance(raised, ThrottledInvocationError) and raised.raised_by == ALLOCATOR
+    assert not retryable(raised) and retryable(ThrottledInvocationError("throttled here"))
+
+
+@pytest.mark.parametrize("function", [COORDINATOR, ALLOCATOR, "squash-processor-2"])
+def test_a_worker_killed_mid_query_is_retried(built: Built, function: str) -> None:
+    kill = InvokeFault(_named(function), nth=1, error=WorkerCrashedError, after=True)
+    faulty = Faulty(built.uri, [kill])
+    result = _query(faulty, built, exact=True)
+    _same(result, built.index.search(built.queries[:NQ], k=K, exact=True))
+    assert faulty.injected == 1 and result.info["retries"] >= 1
+    faulty.tally(survived=True)
+
+
+def test_a_failure_retried_below_is_not_retried_above(built: Built) -> None:
+    faulty = Faulty(built.uri, [InvokeFault(_named(ALLOCATOR), error=ThrottledInvocationError)])
+    with pytest.raises(ThrottledInvocationError, match=f"{COORDINATOR}: {ALLOCATOR}"):
+        _query(faulty, built)  # (2, 1): both allocators are throttled on every call
+    # The coordinator retried within its budget (its floor, and a fraction of its calls: two invocations
+    # and a few storage reads) and gave up; the client does not run it again.
+    assert faulty.calls("coordinator") == 1
+    assert faulty.calls("allocator") <= 2 + RuntimeConfig().retry_budget_floor + 1
+    faulty.tally(survived=False)
+
+
+def test_amplification_under_throttling_is_bounded_by_the_retry_budget(built: Built) -> None:
+    roles = ("coordinator", "allocator", "processor")
+    plain = Faulty(built.uri)
+    plain.client.query_batch(built.queries[:NQ], K, branching=2, depth=2)
+    planned = sum(plain.calls(role) for role in roles)
+    throttled = Faulty(built.uri, [InvokeFault(error=ThrottledInvocationError, rate=0.5)], seed=1)
+    with pytest.raises(SquashError):  # half of all calls throttled: the budget gives up rather than storm
+        throttled.client.query_batch(built.queries[:NQ], K, branching=2, depth=2)
+    config = RuntimeConfig()
+    # Every node (client, coordinator, 6 allocators) retries at most floor + ratio * its calls.
+    nodes = 2 + TreeShape(2, 2).allocators
+    bound = planned * (1 + config.retry_budget_ratio) + config.retry_budget_floor * nodes
+    assert sum(throttled.calls(role) for role in roles) <= bound
+    assert throttled.calls("coordinator") <= 1 + config.retry_budget_floor
+    throttled.tally(survived=False)
+
+
+def test_the_retry_budget_is_spent_and_reported(built: Built) -> None:
+    processors = InvokeFault(lambda f: f.startswith("squash-processor"), error=ThrottledInvocationError, rate=0.8)
+    faulty = Faulty(built.uri, [processors], seed=3)
+    result = faulty.client.query_batch(built.queries[:NQ], K, depth=0, allow_partial=True)
+    config = RuntimeConfig()
+    first_attempts = faulty.calls("processor") - result.info["retries"]
+    assert 1 <= result.info["retries"] <= config.retry_budget_floor + config.retry_budget_ratio * first_attempts
+    assert result.info["retries_denied"] >= 1 and result.info["coordinator.retries_denied"] >= 1
+    assert result.complete is not None and not result.complete.all()
+    faulty.tally(survived=False)
+
+
 # --- the building blocks ----------------------------------------------------------------------------------
 
 
@@ -261,7 +418,7 @@ def test_retrying_stops_at_the_deadline() -> None:
 
     policy = RetryPolicy(attempts=100, base_delay=0.05, max_delay=0.05)
     with pytest.raises(InvocationTimeoutError, match="no time left"):
-        retrying(throttled, policy, Deadline.after(0.2), "test")
+        retrying(throttled, policy, Deadline.after(0.2), "test", RetryBudget(ratio=0.0, floor=1000))
     assert 1 < len(calls) < 100
 
 

@@ -26,10 +26,11 @@ from hypothesis.extra import numpy as hnp
 
 import squash
 from squash.config import RuntimeConfig
-from squash.errors import LimitExceededError, SquashError
+from squash.errors import InvalidInputError, LimitExceededError, SquashError
 from squash.handlers import HandlerContext, handle
 from squash.pipeline import build_index
 from squash.protocol import (
+    MAX_BUDGET_MS,
     MAX_DIM,
     MAX_TIMEOUT,
     AllocatorRequest,
@@ -289,7 +290,7 @@ def test_filter_parser_on_random_json(index: Any, expr: Any, query: np.ndarray, 
 # --- wire events ------------------------------------------------------------------------------------------
 
 
-def _events(uri: str = "memory://x", *, deadline_ms: int | None = 5) -> dict[type, dict[str, Any]]:
+def _events(uri: str = "memory://x", *, budget_ms: int | None = 5) -> dict[type, dict[str, Any]]:
     """A valid event of every kind, for an index at ``uri``."""
     queries = _queries()
     fs = FilterSet.from_user([{"price": 1}, None], 2)
@@ -297,7 +298,7 @@ def _events(uri: str = "memory://x", *, deadline_ms: int | None = 5) -> dict[typ
     stats = {name: np.zeros(2, np.int64) for name in STAT_FIELDS}
     metrics = {"p": {"role": "processor", "invocations": 1}}
     return {
-        CoordinatorRequest: CoordinatorRequest(IndexRef(uri), queries, fs, 3, {}, deadline_ms=deadline_ms).to_event(),
+        CoordinatorRequest: CoordinatorRequest(IndexRef(uri), queries, fs, 3, {}, budget_ms=budget_ms).to_event(),
         AllocatorRequest: AllocatorRequest(
             IndexRef(uri, 1, BUILD), queries, fs, 3, {}, TreeShape(2, 1), node=1, level=1
         ).to_event(),
@@ -363,6 +364,28 @@ def test_event_validation_on_mutated_events(kind: type, data: st.DataObject) -> 
         _count("event.accepted")
     except SquashError:
         _count("event.rejected")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    budget=st.one_of(
+        st.integers(-(2**70), 2**70),
+        st.integers(-2, MAX_BUDGET_MS + 2),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.booleans(),
+        st.text(max_size=3),
+        st.none(),
+    )
+)
+def test_budget_is_a_bounded_whole_number_of_milliseconds(budget: Any) -> None:
+    event = {**EVENTS[ProcessorRequest], "budget_ms": budget}
+    if budget is None or (type(budget) is int and 1 <= budget <= MAX_BUDGET_MS):
+        assert ProcessorRequest.from_event(event).budget_ms == budget
+        _count("budget.accepted")
+    else:
+        with pytest.raises(InvalidInputError, match=r"'budget_ms' must be an integer in 1\.\.3600000"):
+            ProcessorRequest.from_event(event)
+        _count("budget.rejected")
 
 
 # --- index builds -----------------------------------------------------------------------------------------
@@ -498,7 +521,7 @@ def _replace_somewhere(value: Any, data: st.DataObject, replacement: Any) -> Any
 @given(kind=st.sampled_from(list(EVENTS)), data=st.data())
 def test_hostile_events(index: Any, kind: type, data: st.DataObject) -> None:
     uri, client = index[0], index[2]
-    event = _replace_somewhere(_events(uri, deadline_ms=None)[kind], data, data.draw(json_values | deep))
+    event = _replace_somewhere(_events(uri, budget_ms=None)[kind], data, data.draw(json_values | deep))
     _squash_error_or_answer(lambda: kind.from_event(event))
     role = {CoordinatorRequest: "coordinator", AllocatorRequest: "allocator", ProcessorRequest: "processor"}
     if kind in role:

@@ -22,7 +22,7 @@ from squash import lambda_app
 from squash.compute.inprocess import InProcessInvoker
 from squash.config import RuntimeConfig
 from squash.costs import Prices
-from squash.errors import InvalidInputError
+from squash.errors import InvalidInputError, InvocationTimeoutError
 from squash.protocol import CoordinatorRequest, ProcessorRequest, ProcessorResponse
 from squash.search.scan import search_partition
 
@@ -50,9 +50,10 @@ class _LambdaContext:
     memory_limit_in_mb: int = 2048
     invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:squash-processor-0"
     aws_request_id: str = REQUEST_ID
+    remaining_ms: int = 30_000
 
     def get_remaining_time_in_millis(self) -> int:
-        return 30_000
+        return self.remaining_ms
 
 
 @pytest.fixture
@@ -192,3 +193,12 @@ def test_tracing_wraps_the_handler_only_when_active(
     traced = lambda_app.lambda_handler("processor", context)
     assert hasattr(traced, "__wrapped__")
     assert ProcessorResponse.from_event(traced(_event("processor", index_uri), _LambdaContext())).ids.shape == (2, 10)
+
+
+def test_lambda_time_limit_bounds_the_deadline(index_uri: str, lambda_env: None) -> None:
+    app = _processor_app()
+    generous = {**_event("processor", index_uri), "budget_ms": 60_000}
+    assert ProcessorResponse.from_event(app.lambda_handler(generous, _LambdaContext(remaining_ms=30_000))).ids.size
+    # The budget allows a minute, but Lambda stops this invocation now: it must not start the search.
+    with pytest.raises(InvocationTimeoutError, match="deadline passed"):
+        app.lambda_handler(generous, _LambdaContext(remaining_ms=0))

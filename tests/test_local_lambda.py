@@ -22,7 +22,9 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from squash.errors import InvalidInputError
+from squash.compute.aws_lambda import LambdaInvoker
+from squash.compute.retry import retryable
+from squash.errors import InvalidInputError, WorkerCrashedError
 from squash.local import FunctionSpec, LocalStack, load_functions
 from squash.local.lambda_service import REQUEST_LIMIT, STATS_PATH
 from squash.local.sandbox import RESPONSE_LIMIT
@@ -188,6 +190,12 @@ def test_worker_exit_is_reported_and_the_worker_replaced(local_stack: LocalStack
     assert response["FunctionError"] == "Unhandled" and body["errorType"] == "Runtime.ExitError"
     assert body["errorMessage"].endswith("Runtime exited with error: exit status 3")
     assert _invoke(client, "Failing")[1]["errorType"] == "ValueError"
+
+
+def test_a_dead_worker_is_a_retryable_crash_for_the_invoker(local_stack: LocalStack) -> None:
+    with pytest.raises(WorkerCrashedError, match=r"Failing crashed .*Runtime\.ExitError.*exit status 3") as crashed:
+        LambdaInvoker(_client()).invoke("Failing", {"exit": 3})
+    assert retryable(crashed.value)
 
 
 def test_import_error_is_an_init_error(local_stack: LocalStack) -> None:

@@ -459,6 +459,11 @@ def test_processor_request_round_trip(processor_event: dict[str, Any]) -> None:
         ({"probes": _arrays(probes=np.ones(2, np.int32))}, "'probes' must be 3 int32"),
         ({"probes": _arrays(probes=np.array([1, 0, 2], np.int32))}, "each at least 1"),
         ({"probes": _arrays(probes=np.ones(3, np.int64))}, "'arrays.probes' must have dtype"),
+        *(
+            ({"budget_ms": bad}, "'budget_ms' must be an integer in 1..3600000")
+            for bad in (0, -1, 1.5, float("inf"), float("nan"), 10**20, True, "100")
+        ),
+        ({"deadline_ms": 10**13}, r"unknown field\(s\) \['deadline_ms'\]"),  # absolute deadlines are gone
     ],
 )
 def test_protocol_rejects_malformed_events(
@@ -550,6 +555,20 @@ def test_payloads_carry_arrays_as_msgpack_not_json_lists(built: Built) -> None:
         assert all(isinstance(item["data"], bytes) for item in packed.values())
 
 
+def test_every_request_carries_a_budget_that_shrinks_down_the_tree(built: Built) -> None:
+    invoker = _Recording()
+    squash.Client(built.uri, invoker=invoker).query_batch(built.queries[:40], 10, branching=2, depth=2, timeout=20)
+    requests = [p for p in invoker.payloads if p["kind"].endswith("_request")]
+    assert all("deadline_ms" not in p and p["budget_ms"] >= 1 for p in requests)
+    budgets = {kind: [p["budget_ms"] for p in requests if p["kind"] == kind] for kind in {p["kind"] for p in requests}}
+    (coordinator,) = budgets["coordinator_request"]
+    margin_ms = 1000 * RuntimeConfig().deadline_margin
+    assert 20_000 - margin_ms - 1_000 < coordinator <= 20_000 - margin_ms
+    # Each level keeps two margins: one to stop waiting, one to send its answer up.
+    assert max(budgets["allocator_request"]) <= coordinator - 2 * margin_ms
+    assert max(budgets["processor_request"]) <= coordinator - 4 * margin_ms
+
+
 # --- invokers, configuration, client arguments -----------------------------------------------------------
 
 
@@ -634,6 +653,7 @@ def test_client_rejects_conflicting_arguments() -> None:
 # --- canned events ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:No application metrics to publish")  # a failed invocation emits none
 def test_canned_events_parse() -> None:
     parsers = {
         "coordinator": CoordinatorRequest,

@@ -90,6 +90,22 @@ def test_generator_repeats_processor_slots(tmp_path: Path) -> None:
         generate_template.render(0)
 
 
+def test_every_function_has_reserved_concurrency_from_a_parameter(template: dict[str, Any]) -> None:
+    parameters = template["Parameters"]
+    for name, function in _resources(template, "AWS::Serverless::Function").items():
+        parameter = f"{name.rstrip('0123456789')}Concurrency"
+        assert function["Properties"]["ReservedConcurrentExecutions"] == {"Ref": parameter}, name
+        assert parameters[parameter]["Type"] == "Number" and parameters[parameter]["MinValue"] >= 1
+    # The coordinator shapes its trees to the limits, so they reach the functions.
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert variables["SQUASH_ALLOCATOR_CONCURRENCY"] == {"Ref": "AllocatorConcurrency"}
+    assert variables["SQUASH_PROCESSOR_CONCURRENCY"] == {"Ref": "ProcessorConcurrency"}
+    # The defaults leave Lambda's 100 unreserved executions in an account at the default quota of 1,000.
+    defaults = {name: parameters[f"{name}Concurrency"]["Default"] for name in ("Coordinator", "Allocator", "Processor")}
+    slots = generate_template.DEFAULT_PROCESSORS
+    assert defaults["Coordinator"] + defaults["Allocator"] + slots * defaults["Processor"] <= 900
+
+
 def test_bucket_is_encrypted_private_and_tls_only(template: dict[str, Any]) -> None:
     (bucket_id, bucket), *others = _resources(template, "AWS::S3::Bucket").items()
     assert not others
@@ -188,6 +204,8 @@ def test_local_stack_loads_the_template() -> None:
         assert config.coordinator_function == specs["Coordinator"].name == "local-coordinator"
         assert config.allocator_function == specs["Allocator"].name
         assert config.processor_functions == tuple(specs[f"Processor{i}"].name for i in range(slots))
+        assert config.allocator_concurrency == specs["Allocator"].reserved_concurrency
+        assert config.processor_concurrency == specs["Processor0"].reserved_concurrency
         # A caller waits longer than any function it calls may run.
         assert config.invoke_timeout >= max(s.timeout for s in specs.values())
     timeouts = [specs[name].timeout for name in ("Processor0", "Allocator", "Coordinator")]

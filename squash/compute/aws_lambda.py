@@ -3,6 +3,9 @@
 boto3 is imported when the first client is built, not with this module, because import time is cold-start
 time. No endpoint is set here: boto3 reads ``AWS_ENDPOINT_URL_LAMBDA`` or ``AWS_ENDPOINT_URL``, which is how
 the same code reaches the local Lambda service (squash.local).
+
+botocore's own retries are off (one attempt per call): `squash.compute.retry` is the one retry layer, under
+each node's retry budget, so throttled calls are not retried three times inside every Squash attempt.
 """
 
 from __future__ import annotations
@@ -17,12 +20,15 @@ from squash.errors import (
     InvocationTimeoutError,
     LimitExceededError,
     ThrottledInvocationError,
+    WorkerCrashedError,
 )
 from squash.protocol import encode_event
 
 _THROTTLED = frozenset({"TooManyRequestsException", "EC2ThrottledException", "ThrottlingException"})
 _TOO_LARGE = frozenset({"RequestTooLargeException", "RequestEntityTooLargeException"})
 _TIMED_OUT = frozenset({"Sandbox.Timedout"})
+# The runtime died under the handler (killed, exited, lost): the handler did not fail, its worker did.
+_CRASHED = frozenset({"Runtime.ExitError", "Runtime.Unknown"})
 _RESPONSE_TOO_LARGE = "Function.ResponseSizeTooLarge"
 
 
@@ -30,8 +36,8 @@ class LambdaInvoker:
     """Synchronous Lambda invocations from many threads through one client.
 
     Args:
-        client: a boto3 Lambda client to use (tests pass a stubbed one); by default a plain
-            ``boto3.client("lambda")`` is built on first use.
+        client: a boto3 Lambda client to use (tests pass a stubbed one); give it botocore retries off
+            (``Config(retries={"total_max_attempts": 1})``) as the default one, built on first use, has.
         max_connections: HTTP connections kept open, at least the widest fan-out, so no thread waits for one.
         read_timeout: seconds to wait for a response; keep it above the invoked functions' timeout, or a slow
             child is abandoned (and retried) while still running.
@@ -54,7 +60,7 @@ class LambdaInvoker:
                     max_pool_connections=self.max_connections,
                     read_timeout=self.read_timeout,
                     connect_timeout=10,
-                    retries={"mode": "standard", "total_max_attempts": 3},
+                    retries={"mode": "standard", "total_max_attempts": 1},
                 )
                 self._client = boto3.client("lambda", config=config)
             return self._client
@@ -101,6 +107,8 @@ class LambdaInvoker:
         message = str(payload.get("errorMessage", body[:500].decode("utf-8", "replace")))
         if error_type in _TIMED_OUT or "Task timed out" in message:
             raise InvocationTimeoutError(f"{function} timed out: {message}")
+        if error_type in _CRASHED:
+            raise WorkerCrashedError(f"{function} crashed before answering ({error_type}: {message})")
         if error_type == _RESPONSE_TOO_LARGE:
             raise LimitExceededError(f"the response of {function} is over Lambda's payload limit: {message}")
         raise remote_error(function, error_type, message)

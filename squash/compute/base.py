@@ -12,6 +12,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Protocol, TypeVar
 
 from squash import errors
+from squash.compute.retry import Deadline
 from squash.errors import InvocationError, SquashError
 from squash.protocol import RESPONSES, Request
 
@@ -38,11 +39,15 @@ def remote_error(function: str, error_type: str, message: str) -> SquashError:
 
     Squash's own errors keep their class across the wire, so an invalid filter found by a remote
     function is still an `InvalidInputError` at the client; anything else becomes an `InvocationError`.
+    Either way ``raised_by`` names ``function``: its handler failed after its own retries.
     """
     cls = getattr(errors, error_type, None)
     if isinstance(cls, type) and issubclass(cls, SquashError):
-        return cls(f"{function}: {message}")
-    return InvocationError(f"{function} failed with {error_type}: {message}")
+        error = cls(f"{function}: {message}")
+    else:
+        error = InvocationError(f"{function} failed with {error_type}: {message}")
+    error.raised_by = function
+    return error
 
 
 def fan_out(calls: int, limit: int) -> ThreadPoolExecutor:
@@ -63,8 +68,14 @@ def join(futures: Sequence[Future[T]]) -> list[T]:
     return [f.result() for f in futures]
 
 
-def call(invoker: Invoker, function: str, request: Request, event: dict[str, Any]) -> Any:
-    """Invoke ``function`` with ``request`` (encoded as ``event``); decode and check the response."""
+def call(invoker: Invoker, function: str, request: Request, event: dict[str, Any], deadline: Deadline | None) -> Any:
+    """Invoke ``function`` with ``request`` (encoded as ``event``); decode and check the response.
+
+    The callee gets what is left until ``deadline`` as its ``budget_ms``, measured now, at each attempt: a
+    remaining time means the same on every machine, whatever its clock says.
+    """
+    if deadline is not None:
+        event = {**event, "budget_ms": deadline.budget_ms(function)}
     response = RESPONSES[type(request)].from_event(invoker.invoke(function, event))
     if response.ids.shape[0] != request.n_queries or response.ids.shape[1] != request.k:
         raise InvocationError(

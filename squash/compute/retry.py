@@ -1,15 +1,21 @@
-"""Fault handling around invocations: deadlines, retries with backoff, and hedged fan-outs.
+"""Fault handling around invocations: deadlines, retries with backoff under a budget, and hedged fan-outs.
 
-- `Deadline`: an absolute time (epoch ms, as it travels in requests) every level checks before heavy work
-  and never waits past.
-- `retrying`: retries transient errors (throttling, timeouts, 5xx, storage slow-downs) with exponential
-  backoff and full jitter, bounded in attempts and by the deadline; other errors are raised at once.
-- `FanOut`: runs a node's invocations concurrently, re-invokes stragglers (hedging) and stops waiting at
-  the deadline, reporting each call's result or error.
+- `Deadline`: an instant on this process's monotonic clock, which every level checks before heavy work and
+  never waits past. Deadlines never cross the wire: a request carries a remaining-time budget
+  (``budget_ms``), and each node sets its own deadline from the moment the request arrived, so no node
+  depends on another machine's clock.
+- `retrying`: retries transient errors (throttling, timeouts, 5xx, crashed workers, storage slow-downs)
+  with exponential backoff and full jitter, bounded in attempts, by the deadline and by the node's
+  `RetryBudget`; other errors are raised at once. An error the callee's own handler raised is never
+  retried by its caller: the callee already retried what it could (`retryable`), so a failure is retried
+  once, at the node where it happened, and never re-runs a whole subtree.
+- `FanOut`: runs a node's invocations concurrently, re-invokes stragglers (hedging, paid from the same
+  budget) and stops waiting at the deadline, reporting each call's result or error.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -27,6 +33,7 @@ from squash.errors import (
     SquashError,
     ThrottledError,
     ThrottledInvocationError,
+    WorkerCrashedError,
 )
 
 T = TypeVar("T")
@@ -34,37 +41,50 @@ T = TypeVar("T")
 _JITTER = random.Random()
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 @dataclass(frozen=True)
 class Deadline:
-    """An absolute deadline in epoch milliseconds; ``None`` (no deadline) is handled by the callers."""
+    """An instant in `time.monotonic` seconds of this process; ``None`` (no deadline) is handled by callers."""
 
-    epoch_ms: int
+    at: float
 
     @classmethod
-    def after(cls, seconds: float) -> Deadline:
-        return cls(now_ms() + int(seconds * 1000))
+    def after(cls, seconds: float, *, start: float | None = None) -> Deadline:
+        """``seconds`` after ``start`` (a `time.monotonic` reading; default now)."""
+        return cls((time.monotonic() if start is None else start) + seconds)
 
     def remaining(self) -> float:
         """Seconds left (negative once passed)."""
-        return (self.epoch_ms - now_ms()) / 1000
+        return self.at - time.monotonic()
 
     def earlier(self, seconds: float) -> Deadline:
         """The deadline to give a callee, leaving ``seconds`` to send its answer back."""
-        return Deadline(self.epoch_ms - int(seconds * 1000))
+        return Deadline(self.at - seconds)
 
     def check(self, what: str) -> None:
         """Raise `InvocationTimeoutError` if the deadline has passed."""
         if self.remaining() <= 0:
             raise InvocationTimeoutError(f"the query deadline passed {-self.remaining():.3f} s ago, before {what}")
 
+    def budget_ms(self, what: str) -> int:
+        """Whole milliseconds left, to send as a callee's ``budget_ms``; raises if less than one is left."""
+        ms = math.floor(self.remaining() * 1000)
+        if ms < 1:
+            raise InvocationTimeoutError(
+                f"no time left to start {what}: the query's timeout is used up (raise the client's timeout)"
+            )
+        return ms
+
 
 def retryable(exc: BaseException) -> bool:
-    """Transient faults: throttling (functions or storage), timeouts, and service errors marked retryable."""
-    if isinstance(exc, ThrottledInvocationError | InvocationTimeoutError | ThrottledError):
+    """Transient faults of this node's own calls: throttling (functions or storage), timeouts, crashed
+    workers, and service errors marked retryable.
+
+    An error raised by a callee's handler (``raised_by`` set) is final: that callee has already retried its
+    own calls, and retrying it here would re-run its whole subtree.
+    """
+    if isinstance(exc, SquashError) and exc.raised_by is not None:
+        return False
+    if isinstance(exc, ThrottledInvocationError | InvocationTimeoutError | ThrottledError | WorkerCrashedError):
         return True
     return isinstance(exc, InvocationError) and exc.retryable
 
@@ -85,29 +105,56 @@ class RetryPolicy:
         return (rng or _JITTER).uniform(0, cap)
 
 
-class Attempts:
-    """Thread-safe counts of retries and hedges made by one node, reported in its metrics."""
+class RetryBudget:
+    """The extra calls (retries and hedges) one node may make while serving one request.
 
-    def __init__(self) -> None:
+    A token bucket, as Finagle's retry budgets and the AWS SDKs' retry quota: it starts with ``floor``
+    tokens, every first attempt of a call (an invocation or a storage read) adds ``ratio`` of one, and every
+    retry or hedge takes a whole one.
+    So a node making n calls makes at most ``floor + ratio * n`` extra ones however many of them fail: under
+    throttling the tree sheds load instead of multiplying it. Thread-safe; the counts are reported in the
+    node's metrics (``retries``, ``hedges``, ``retries_denied``).
+    """
+
+    def __init__(self, ratio: float, floor: float) -> None:
+        self.ratio = ratio
         self.retries = 0
         self.hedges = 0
+        self.denied = 0
+        self._tokens = floor
         self._lock = threading.Lock()
 
-    def add(self, *, retries: int = 0, hedges: int = 0) -> None:
+    @classmethod
+    def of(cls, config: RuntimeConfig) -> RetryBudget:
+        return cls(config.retry_budget_ratio, config.retry_budget_floor)
+
+    def called(self) -> None:
+        """Count a call's first attempt."""
         with self._lock:
-            self.retries += retries
-            self.hedges += hedges
+            self._tokens += self.ratio
+
+    def spend(self, *, hedge: bool = False) -> bool:
+        """Take a token for a retry (or a hedge); False, counted as denied, when none is left."""
+        with self._lock:
+            if self._tokens < 1:
+                self.denied += 1
+                return False
+            self._tokens -= 1
+            if hedge:
+                self.hedges += 1
+            else:
+                self.retries += 1
+            return True
 
 
-def retrying(
-    fn: Callable[[], T], policy: RetryPolicy, deadline: Deadline | None, what: str, attempts: Attempts | None = None
-) -> T:
-    """``fn()``, retried on `retryable` errors while attempts and the deadline allow.
+def retrying(fn: Callable[[], T], policy: RetryPolicy, deadline: Deadline | None, what: str, budget: RetryBudget) -> T:
+    """``fn()``, retried on `retryable` errors while attempts, the deadline and ``budget`` allow.
 
     Raises:
         InvocationTimeoutError: the deadline left no time for another attempt (chained to the last error).
-        SquashError: the last error, if not retryable or out of attempts.
+        SquashError: the last error, if not retryable, out of attempts or out of budget.
     """
+    budget.called()
     for attempt in range(policy.attempts):
         try:
             return fn()
@@ -119,8 +166,9 @@ def retrying(
                 raise InvocationTimeoutError(
                     f"{what}: no time left before the deadline to retry after {type(exc).__name__}: {exc}"
                 ) from exc
-            if attempts is not None:
-                attempts.add(retries=1)
+            if not budget.spend():
+                exc.args = (f"{exc} (not retried: this request's retry budget is spent)",)
+                raise
             time.sleep(pause)
     raise AssertionError("unreachable: the last attempt returns or raises")
 
@@ -133,7 +181,7 @@ class FanOut(Generic[T]):
         limit: most calls running at once (hedges may add threads beyond it, they are rare).
         deadline: stop waiting when it is this close (`results` reports unfinished calls as timeouts).
         hedge_after: minimum seconds before a call still running gets a duplicate; None disables hedging.
-        attempts: where hedges are counted.
+        budget: what hedges are paid from (a hedge is an extra call, like a retry); None: no hedges.
 
     Abandoned calls (losing hedges, calls past the deadline) are not waited for: their answers are dropped.
     """
@@ -145,18 +193,19 @@ class FanOut(Generic[T]):
         limit: int,
         deadline: Deadline | None,
         hedge_after: float | None = None,
-        attempts: Attempts | None = None,
+        budget: RetryBudget | None = None,
     ) -> None:
         self.calls = list(calls)
         self.deadline = deadline
-        self.hedge_after = hedge_after
-        self.attempts = attempts
+        self.hedge_after = None if budget is None else hedge_after
+        self.budget = budget
         workers = max(1, min(len(self.calls), limit))
         # Room for hedges beyond the limit, so a duplicate never queues behind the straggler it replaces.
         extra = len(self.calls) if hedge_after is not None else 0
         self._pool = ThreadPoolExecutor(max_workers=workers + extra, thread_name_prefix="squash-fan-out")
         self._started: dict[Future[T], float] = {}
         self._owner: dict[Future[T], int] = {}
+        self._refused: set[int] = set()
         self._lock = threading.Lock()
         for i in range(len(self.calls)):
             self._submit(i)
@@ -240,9 +289,14 @@ class FanOut(Generic[T]):
             stragglers = [
                 i
                 for i, fs in copies.items()
-                if i not in out and len(fs) == 1 and fs[0] in self._started and now - self._started[fs[0]] > threshold
+                if i not in out
+                and i not in self._refused
+                and len(fs) == 1
+                and fs[0] in self._started
+                and now - self._started[fs[0]] > threshold
             ]
         for i in stragglers:
-            copies[i].append(self._submit(i))
-            if self.attempts is not None:
-                self.attempts.add(hedges=1)
+            if self.budget is not None and self.budget.spend(hedge=True):
+                copies[i].append(self._submit(i))
+            else:
+                self._refused.add(i)  # asked once: a straggler the budget cannot pay for is not asked again
