@@ -162,8 +162,14 @@ def test_client_carries_estimates_and_exactness(clustered: tuple[squash.Index, n
 def _shared_filters(name: str) -> list[tuple[str, Any, np.ndarray | None]]:
     """(label, filter, base mask) at about 100%, 10%, 1% and 0.1% from each dataset's real attributes."""
     path = shared_dataset(name)
-    if name == "sift-ngt-5k":
-        return [("unfiltered", None, None)]
+    if name == "sift-ngt-5k":  # no attributes of its own: a uniform one, seeded
+        tag = np.random.default_rng(12).integers(0, 1000, len(np.load(path / "base.npy", mmap_mode="r")))
+        return [
+            ("unfiltered", None, None),
+            ("10% range", {"tag": {"$lt": 100}}, tag < 100),
+            ("1% range", {"tag": {"$lt": 10}}, tag < 10),
+            ("0.1% value", {"tag": 7}, tag == 7),
+        ]
     if name == "fashion-mnist-784":
         attrs = np.load(path / "base_attrs.npy")
         label, pixels = attrs[:, 0], attrs[:, 1]
@@ -191,6 +197,8 @@ def _shared_index(name: str) -> tuple[squash.Index, np.ndarray, np.ndarray]:
     base = np.load(path / "base.npy").astype(np.float32)
     queries = np.load(path / "queries.npy")[:100].astype(np.float32)
     attrs: dict[str, np.ndarray] = {}
+    if name == "sift-ngt-5k":
+        attrs = {"tag": np.random.default_rng(12).integers(0, 1000, len(base))}
     if name == "fashion-mnist-784":
         raw = np.load(path / "base_attrs.npy")
         attrs = {"label": raw[:, 0], "nonzero_pixels": raw[:, 1]}
