@@ -25,6 +25,7 @@ from squash.bench.common import environment_header, markdown_table
 from squash.client import Client
 from squash.datasets import synthetic_clustered
 from squash.errors import SquashError
+from squash.index import Index
 from squash.pipeline import build_index
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
@@ -39,6 +40,7 @@ class Tally:
 
     sent: int = 0
     answered: int = 0
+    wrong: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -56,32 +58,40 @@ def rss_mb(pid: int) -> float:
 
 
 def _client_loop(
-    make: Callable[[], Client], queries: np.ndarray, args: argparse.Namespace, stop: float, seed: int, tally: Tally
+    make: Callable[[], Client],
+    queries: np.ndarray,
+    expected: list[np.ndarray],
+    args: argparse.Namespace,
+    stop: float,
+    seed: int,
+    tally: Tally,
 ) -> None:
+    """Send batches until ``stop``; a batch whose ids differ from ``expected[filter][rows]`` counts as wrong."""
     client = make()
     rng = np.random.default_rng(seed)
     while time.monotonic() < stop:
         rows = rng.integers(0, len(queries), args.batch)
-        expr = FILTERS[int(rng.integers(0, len(FILTERS)))]
+        which = int(rng.integers(0, len(FILTERS)))
         with tally.lock:
             tally.sent += 1
         started = time.perf_counter()
         try:
-            client.query_batch(queries[rows], args.k, expr, timeout=args.timeout)
+            ids = client.query_batch(queries[rows], args.k, FILTERS[which], timeout=args.timeout).ids
         except SquashError as exc:
             with tally.lock:
                 tally.errors[type(exc).__name__] += 1
             continue
         with tally.lock:
             tally.answered += 1
+            tally.wrong += int(not np.array_equal(ids, expected[which][rows]))
             tally.latencies.append(time.perf_counter() - started)
 
 
 @contextmanager
 def _target(
     args: argparse.Namespace,
-) -> Iterator[tuple[Callable[[], Client], Callable[[], list[int]], str, np.ndarray]]:
-    """A client factory, the pids whose RSS to sample, a description of the target, and query vectors."""
+) -> Iterator[tuple[Callable[[], Client], Callable[[], list[int]], str, np.ndarray, str]]:
+    """A client factory, the pids whose RSS to sample, a description of the target, query vectors, the URI."""
     data = synthetic_clustered(args.n, args.dim, n_queries=200, clusters=16, attributes=0, seed=0)
     rng = np.random.default_rng(0)
     attrs = {"price": rng.integers(0, 100, args.n), "color": COLORS[rng.integers(0, len(COLORS), args.n)]}
@@ -89,7 +99,7 @@ def _target(
         uri = "memory://soak"
         build_index(uri, data.base, attrs, partitions=args.partitions, overwrite=True)
         shared = Client(uri)  # one runtime: warm caches shared by every client, as one deployment
-        yield (lambda: Client(uri, invoker=shared.invoker)), (lambda: [os.getpid()]), "embedded", data.queries
+        yield (lambda: Client(uri, invoker=shared.invoker)), (lambda: [os.getpid()]), "embedded", data.queries, uri
         return
     from squash.local import LocalStack
 
@@ -99,7 +109,7 @@ def _target(
         build_index(uri, data.base, attrs, partitions=args.partitions)
         (coordinator,) = (s.name for s in stack.functions.values() if s.logical_id == "Coordinator")
         target = f"local stack ({TEMPLATE.name})"
-        yield (lambda: Client(uri, function=coordinator)), stack.worker_pids, target, data.queries
+        yield (lambda: Client(uri, function=coordinator)), stack.worker_pids, target, data.queries, uri
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -119,14 +129,17 @@ def run(argv: list[str] | None = None) -> int:
     if args.clients < 1 or args.seconds <= 0:
         parser.error("--clients and --seconds must be positive")
 
-    with _target(args) as (make, pids, target, queries):
+    with _target(args) as (make, pids, target, queries, uri):
         print(environment_header({"target": target, **vars(args)}))
+        # Every mode returns the in-process search's answer bit for bit, so it is the answer to expect.
+        index = Index.open(uri)
+        expected = [index.search(queries, args.k, expr).ids for expr in FILTERS]
         make().query_batch(np.zeros((1, args.dim), np.float32), args.k)  # warm-up: not counted
         tally = Tally()
         started = time.monotonic()
         stop = started + args.seconds
         threads = [
-            threading.Thread(target=_client_loop, args=(make, queries, args, stop, seed, tally), daemon=True)
+            threading.Thread(target=_client_loop, args=(make, queries, expected, args, stop, seed, tally), daemon=True)
             for seed in range(args.clients)
         ]
         for t in threads:
@@ -149,6 +162,7 @@ def run(argv: list[str] | None = None) -> int:
         ["batches answered", tally.answered],
         ["batches failed", failed],
         ["batches lost (sent - answered - failed)", tally.sent - tally.answered - failed],
+        ["batches answered wrong (ids differ from in-process search)", tally.wrong],
         ["error rate", f"{failed / max(1, tally.sent):.2%}"],
         ["errors", ", ".join(f"{k}: {v}" for k, v in tally.errors.items()) or "-"],
         ["queries/s", f"{tally.answered * args.batch / elapsed:.1f}"],
@@ -159,4 +173,4 @@ def run(argv: list[str] | None = None) -> int:
     print(
         markdown_table(["t s", "worker RSS MB (sum)", "workers"], [[f"{t:.1f}", f"{m:.1f}", w] for t, m, w in samples])
     )
-    return 0 if tally.sent == tally.answered + failed else 1
+    return 0 if tally.sent == tally.answered + failed and tally.wrong == 0 else 1
