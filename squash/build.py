@@ -167,5 +167,4 @@ def build_in_memory(
         list_centroids=tuple(part.list_centroids for part in parts),
         params={"bits_per_dim": float(bits_per_dim), "seed": int(seed), "partitions": int(p)},
     )
-    with threadpool_limits(limits=1):  # measured as a processor runs: one thread
-        return calibrate(meta, parts, x, raw, target=target_recall, seed=seed), parts
+    return calibrate(meta, parts, x, raw, target=target_recall, seed=seed), parts

@@ -17,11 +17,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from threadpoolctl import threadpool_limits
 
 from squash.attributes import AttrType
 from squash.errors import InvalidInputError
@@ -39,6 +40,10 @@ SAMPLE = 150
 _ENOUGH = 0.999
 # Seconds the calibration may spend at most, beyond its first measurement of each kind.
 _BUDGET_SECONDS = 60.0
+# Sample queries (one batch) that time each rung against the exact search: per-query costs compare at equal
+# batch size, since the exact search shares one matrix product across a batch.
+_TIMED = 16
+_EXACT = {"exact": True}
 # Selectivity each filtered kind aims its filters at.
 _BAND_CENTRES = {"10%": 0.1, "1%": 0.01, "0.1%": 0.001}
 # Rows per chunk of the brute-force ground truth: (chunk, n) float32 distances at a time.
@@ -51,31 +56,48 @@ def check_target(target: object) -> float:
     return float(target)
 
 
-def _distances(x: NDArray[np.float32], q: NDArray[np.float32], metric: Metric) -> NDArray[np.float32]:
+def _distances(
+    x: NDArray[np.float32], q: NDArray[np.float32], metric: Metric, norms: NDArray[np.float32] | None = None
+) -> NDArray[np.float32]:
     dots = q @ x.T
     if metric is Metric.L2:
-        return (x * x).sum(axis=1)[None, :] - 2.0 * dots + (q * q).sum(axis=1)[:, None]
+        norms = (x * x).sum(axis=1) if norms is None else norms
+        return norms[None, :] - 2.0 * dots + (q * q).sum(axis=1)[:, None]
     return -dots if metric is Metric.IP else 1.0 - dots
 
 
-def _truth(
-    x: NDArray[np.float32], rows: NDArray[np.int64], masks: list[NDArray[np.bool_] | None], metric: Metric
-) -> list[NDArray[np.int64]]:
-    """Exact top-K of each sample row among the rows its mask allows (None: all), itself excluded."""
+@dataclass
+class _Sample:
+    """One kind's sample queries (rows of the index), their filters and masks, and exact top-K of each."""
+
+    rows: NDArray[np.int64]
+    exprs: list[Any]
+    masks: list[NDArray[np.bool_] | None]
+    truth: list[NDArray[np.int64]] = field(default_factory=list)
+
+
+def _fill_truth(x: NDArray[np.float32], rows: NDArray[np.int64], samples: list[_Sample], metric: Metric) -> None:
+    """Exact top-K of every sample query among the rows its mask allows, itself excluded.
+
+    Every kind samples its queries from ``rows``, so one brute-force pass over them serves all kinds.
+    """
     n = x.shape[0]
+    norms = (x * x).sum(axis=1) if metric is Metric.L2 else None
+    where = {int(row): i for i, row in enumerate(rows.tolist())}
+    slots = [[where[int(r)] for r in sample.rows.tolist()] for sample in samples]
+    for sample in samples:
+        sample.truth = [np.empty(0, dtype=np.int64)] * len(sample.rows)
     step = max(1, _GT_CELLS // max(n, 1))
-    truth = []
     for start in range(0, len(rows), step):
-        chunk = rows[start : start + step]
-        d = _distances(x, x[chunk], metric)
-        for j, row in enumerate(chunk.tolist()):
-            mask = masks[start + j]
-            di = d[j] if mask is None else np.where(mask, d[j], np.inf)
-            di[row] = np.inf
-            kk = min(K, int(np.isfinite(di).sum()))
-            top = np.argpartition(di, kk - 1)[:kk] if kk else np.empty(0, dtype=np.int64)
-            truth.append(top.astype(np.int64))
-    return truth
+        d = _distances(x, x[rows[start : start + step]], metric, norms)
+        for sample, slot in zip(samples, slots, strict=True):
+            for j, i in enumerate(slot):
+                if start <= i < start + step:
+                    mask = sample.masks[j]
+                    di = d[i - start] if mask is None else np.where(mask, d[i - start], np.inf)
+                    di[sample.rows[j]] = np.inf
+                    kk = min(K, int(np.isfinite(di).sum()))
+                    sample.truth[j] = np.argpartition(di, kk - 1)[:kk].astype(np.int64) if kk else sample.truth[j]
 
 
 def _far_anchor(x: NDArray[np.float32], row: int, metric: Metric, rng: np.random.Generator) -> int:
@@ -103,16 +125,18 @@ class _Filters:
         self.specs = list(meta.schema.fields)
         self.sorted = {s.name: np.sort(raw[s.name]) for s in self.specs if s.type in (AttrType.INT, AttrType.FLOAT)}
 
-    def around(self, anchor: int, share: float) -> tuple[dict[str, Any], NDArray[np.bool_]] | None:
+    def around(self, anchor: int, share: float) -> tuple[dict[str, Any], NDArray[np.bool_]]:
         spec = self.specs[int(self.rng.integers(len(self.specs)))]
         column = self.raw[spec.name]
         value = column[anchor]
         if spec.type in (AttrType.INT, AttrType.FLOAT):
+            # The anchor's value, widened evenly by rank until about ``share`` of the rows are inside (a
+            # value at least that frequent, as in a low-cardinality column, stands alone).
             ordered = self.sorted[spec.name]
             n = len(ordered)
-            rank = int(np.searchsorted(ordered, value))
-            half = max(1, int(share * n / 2))
-            lo, hi = ordered[max(0, rank - half)], ordered[min(n - 1, rank + half)]
+            left, right = int(np.searchsorted(ordered, value)), int(np.searchsorted(ordered, value, side="right"))
+            extra = max(0, int(share * n) - (right - left)) // 2
+            lo, hi = ordered[max(0, left - extra)], ordered[min(n - 1, right - 1 + extra)]
             cast = int if spec.type is AttrType.INT else float
             return {spec.name: {"$gte": cast(lo), "$lte": cast(hi)}}, (column >= lo) & (column <= hi)
         if spec.type is AttrType.BOOL:
@@ -120,43 +144,66 @@ class _Filters:
         return {spec.name: spec.categories[int(value)]}, column == value
 
 
-def _sample_kind(
+def _filtered_sample(
     meta: IndexMeta,
     x: NDArray[np.float32],
-    raw: Mapping[str, NDArray[Any]],
+    filters: _Filters,
+    rows: NDArray[np.int64],
     kind: str,
     rng: np.random.Generator,
-) -> tuple[NDArray[np.int64], list[Any], list[NDArray[np.int64]]] | None:
-    """Sample rows, their filters (None for unfiltered) and ground truth for one kind; None if impossible."""
-    n = x.shape[0]
-    size = min(SAMPLE, max(1, n // 10))
-    rows = rng.choice(n, size=size, replace=False).astype(np.int64)
-    if kind == KINDS[0]:
-        return rows, [None] * size, _truth(x, rows, [None] * size, meta.metric)
+) -> _Sample | None:
+    """Filters of about ``kind``'s selectivity for the sample ``rows``; None if the attributes cannot make them."""
+    n, size = x.shape[0], len(rows)
     share = _BAND_CENTRES[kind]
-    if not meta.schema.fields or share * n < 3 * K:
+    if share * n < 3 * K:
         return None
-    filters = _Filters(meta, raw, rng)
-    kept_rows, exprs, masks = [], [], []
+    kept, exprs, masks = [], [], []
     for attempt in range(4 * size):
         i = attempt % size
         # Half the filters are anchored far from their query: their matches lie elsewhere.
         anchor = _far_anchor(x, int(rows[i]), meta.metric, rng) if attempt % 2 else int(rng.integers(n))
-        made = filters.around(anchor, share)
-        if made is None or made[1].sum() < K:
+        expr, mask = filters.around(anchor, share)
+        if mask.sum() < K:
             continue
-        (compiled,) = compile_filters(made[0], 1, meta)
+        (compiled,) = compile_filters(expr, 1, meta)
         if kind_of(selectivities(meta, [compiled])[0]) != kind:
             continue
-        kept_rows.append(int(rows[i]))
-        exprs.append(made[0])
-        masks.append(made[1])
-        if len(kept_rows) == size:
+        kept.append(int(rows[i]))
+        exprs.append(expr)
+        masks.append(mask)
+        if len(kept) == size:
             break
-    if len(kept_rows) < size // 3:
+    if len(kept) < size // 3:
         return None
-    chosen = np.asarray(kept_rows, dtype=np.int64)
-    return chosen, exprs, _truth(x, chosen, masks, meta.metric)
+    return _Sample(np.asarray(kept, dtype=np.int64), exprs, masks)
+
+
+def _samples(
+    meta: IndexMeta, x: NDArray[np.float32], raw: Mapping[str, NDArray[Any]], rng: np.random.Generator
+) -> dict[str, _Sample]:
+    """Each kind's sample, with its ground truth; kinds the attributes cannot express are left out."""
+    n = x.shape[0]
+    size = min(SAMPLE, max(1, n // 10))
+    rows = rng.choice(n, size=size, replace=False).astype(np.int64)
+    samples = {KINDS[0]: _Sample(rows, [None] * size, [None] * size)}
+    if meta.schema.fields:
+        filters = _Filters(meta, raw, rng)
+        for kind in KINDS[1:]:
+            sample = _filtered_sample(meta, x, filters, rows, kind, rng)
+            if sample is not None:
+                samples[kind] = sample
+    _fill_truth(x, rows, list(samples.values()), meta.metric)
+    return samples
+
+
+def _seconds_per_query(
+    meta: IndexMeta, partition: Any, queries: NDArray[np.float32], exprs: list[Any], knobs: dict[str, Any]
+) -> float:
+    """Seconds per query of one search of ``queries`` with ``knobs``, on one thread as a processor runs."""
+    started = time.perf_counter()
+    with threadpool_limits(limits=1):
+        search(meta, partition, queries, k=K + 1, filter=exprs, knobs=knobs)
+    return (time.perf_counter() - started) / max(len(queries), 1)
 
 
 def calibrate(
@@ -170,38 +217,29 @@ def calibrate(
 ) -> IndexMeta:
     """``meta`` with its calibration: measured recall@10 per effort rung for each kind of query."""
     started = time.perf_counter()
-    prepared: dict[int, PreparedPartition] = {}
-
-    def partition(pid: int) -> PreparedPartition:
-        if pid not in prepared:
-            prepared[pid] = PreparedPartition(parts[pid])
-        return prepared[pid]
+    # Prepared before anything is timed, so no search pays for it.
+    prepared = [PreparedPartition(part) for part in parts]
+    partition = prepared.__getitem__
 
     rng = np.random.default_rng(seed + 20261204)
     recall: dict[str, list[list[float]]] = {}
     exact_faster: dict[str, int] = {}
     exact_seconds: dict[str, float] = {}
-    for kind in KINDS:
-        sample = _sample_kind(meta, x, raw, kind, rng)
-        if sample is None:
-            continue
-        rows, exprs, truth = sample
+    for kind, sample in _samples(meta, x, raw, rng).items():
+        rows, exprs, truth = sample.rows, sample.exprs, sample.truth
         queries = x[rows]
-        timed = time.perf_counter()
-        search(meta, partition, queries, k=K + 1, filter=exprs, knobs={"exact": True})
-        exact_time = time.perf_counter() - timed
-        exact_seconds[kind] = exact_time / len(rows)
+        timed = queries[:_TIMED], exprs[:_TIMED]
+        exact_seconds[kind] = _seconds_per_query(meta, partition, *timed, _EXACT)
         table: list[list[float]] = []
         exact_faster[kind] = TOP_RUNG + 1
         for rung in range(0, TOP_RUNG + 1, 2):
-            timed = time.perf_counter()
-            found = search(meta, partition, queries, k=K + 1, filter=exprs, knobs=rung_knobs(rung)).ids
-            seconds = time.perf_counter() - timed
+            knobs = rung_knobs(rung)
+            found = search(meta, partition, queries, k=K + 1, filter=exprs, knobs=knobs).ids
             per_query = _recall(found, rows, truth)
             mean = float(per_query.mean())
             se = float(per_query.std(ddof=1) / math.sqrt(len(rows))) if len(rows) > 1 else 1.0
             table.append([rung, mean, se])
-            if seconds > exact_time:
+            if _seconds_per_query(meta, partition, *timed, knobs) > exact_seconds[kind]:
                 exact_faster[kind] = rung
                 break
             if mean >= _ENOUGH or time.perf_counter() - started > _BUDGET_SECONDS:
