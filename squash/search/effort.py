@@ -133,13 +133,15 @@ def effort_groups(
         return [EffortGroup(np.arange(nq, dtype=np.int64), knobs, params, np.full(nq, estimate, dtype=np.float32))]
     target = calibration.target if params.recall_target is None else params.recall_target
     rest = {name: value for name, value in knobs.items() if name != "recall_target"}
-    choices = [calibration.choose(kind_of(s), target) for s in selectivities(meta, filters)]
+    kinds = [kind_of(s) for s in selectivities(meta, filters)]
+    chosen = {kind: calibration.choose(kind, target) for kind in set(kinds)}
+    rungs = np.asarray([chosen[kind][0] for kind in kinds], dtype=np.int64)
+    estimates = np.asarray([chosen[kind][1] for kind in kinds], dtype=np.float32)
     groups = []
-    for rung in sorted({rung for rung, _ in choices}):
-        rows = np.asarray([i for i, (r, _) in enumerate(choices) if r == rung], dtype=np.int64)
-        estimates = np.asarray([choices[i][1] for i in rows], dtype=np.float32)
-        chosen = {**rest, **rung_knobs(rung)}
-        groups.append(EffortGroup(rows, chosen, SearchParams.from_knobs(chosen), estimates))
+    for rung in np.unique(rungs).tolist():
+        rows = np.flatnonzero(rungs == rung).astype(np.int64)
+        group_knobs = {**rest, **rung_knobs(rung)}
+        groups.append(EffortGroup(rows, group_knobs, SearchParams.from_knobs(group_knobs), estimates[rows]))
     return groups
 
 
