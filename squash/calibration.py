@@ -225,7 +225,8 @@ def calibrate(
     recall: dict[str, list[list[float]]] = {}
     exact_faster: dict[str, int] = {}
     exact_seconds: dict[str, float] = {}
-    for kind, sample in _samples(meta, x, raw, rng).items():
+    samples = _samples(meta, x, raw, rng)
+    for kind, sample in samples.items():
         rows, exprs, truth = sample.rows, sample.exprs, sample.truth
         queries = x[rows]
         timed = queries[:_TIMED], exprs[:_TIMED]
@@ -248,7 +249,7 @@ def calibrate(
     calibration = {
         "target": float(target),
         "k": K,
-        "sample": SAMPLE,
+        "sample": {kind: len(sample.rows) for kind, sample in samples.items()},
         "seconds": round(time.perf_counter() - started, 3),
         "recall": recall,
         "exact_faster": exact_faster,

@@ -141,14 +141,14 @@ def _calibration(calibration: Any) -> list[str]:
     if not isinstance(calibration, dict):
         return ["calibration  none (built before calibration existed: effort knobs at their defaults)"]
     lines = [
-        f"calibration  target recall@{calibration['k']} {calibration['target']}, "
-        f"{calibration['sample']} sample queries per kind, {calibration['seconds']:.1f} s"
+        f"calibration  target recall@{calibration['k']} {calibration['target']}, {calibration['seconds']:.1f} s; "
+        "recall per effort rung (r0, r2, ...) on sample queries drawn from the index"
     ]
     for kind, rows in calibration["recall"].items():
         table = ", ".join(f"r{rung} {mean:.3f}" for rung, mean, _ in rows)
         faster = calibration["exact_faster"].get(kind)
         exact = f"; exact search faster from r{faster}" if faster is not None and faster <= rows[-1][0] else ""
-        lines.append(f"  {kind:<10} {table}{exact}")
+        lines.append(f"  {kind:<10} {table}{exact} ({calibration['sample'][kind]} queries)")
     return lines
 
 

@@ -178,6 +178,8 @@ def test_cli_build_and_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         "2",
         "--bits-per-dim",
         "3",
+        "--target-recall",
+        "0.9",
         "--quiet",
     ]
     assert run_cli(argv) == 0
@@ -199,6 +201,8 @@ def test_cli_build_and_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         "color (category, 5 values)",
         "year (int)",
         "bits_per_dim=3.0",
+        "calibration  target recall@10 0.9",
+        "  unfiltered r0 ",
     ):
         assert text in info, text
     assert run_cli(["info", out, "--version", "1"]) == 0
