@@ -219,3 +219,18 @@ def test_shared_datasets_reach_the_target_at_defaults(name: str) -> None:
         assert recall >= TARGET, (name, label, recall)
         estimate = float(result.recall_estimate.mean())
         assert estimate >= TARGET and abs(estimate - recall) <= 0.05, (name, label, estimate, recall)
+
+
+def test_an_index_built_before_calibration_searches_with_the_knob_defaults(
+    clustered: tuple[squash.Index, np.ndarray, np.ndarray],
+) -> None:
+    from dataclasses import replace
+
+    from squash.search.engine import search
+
+    index, base, queries = clustered
+    old = replace(index.meta, params={k: v for k, v in index.meta.params.items() if k != "calibration"})
+    result = search(old, index.partition, queries[:20], k=K, filter=None, knobs={})
+    expected = search(index.meta, index.partition, queries[:20], k=K, filter=None, knobs={"probe": 32})
+    np.testing.assert_array_equal(result.ids, expected.ids)  # SearchParams' defaults, as before calibration
+    assert np.isnan(result.recall_estimate).all()
