@@ -228,7 +228,7 @@ def test_an_index_built_before_calibration_searches_with_the_knob_defaults(
 
     from squash.search.engine import search
 
-    index, base, queries = clustered
+    index, _, queries = clustered
     old = replace(index.meta, params={k: v for k, v in index.meta.params.items() if k != "calibration"})
     result = search(old, index.partition, queries[:20], k=K, filter=None, knobs={})
     expected = search(index.meta, index.partition, queries[:20], k=K, filter=None, knobs={"probe": 32})
