@@ -9,7 +9,9 @@ the attributes follow the geometry. Exact ground truth comes from numpy brute fo
 
 Each kind climbs the ladder of `squash.search.effort` two rungs (a doubling) at a time, from rung 0, until
 its recall reaches 0.999, or a rung costs more time than the exact search, or the time budget is spent;
-the table of what was measured is stored in the manifest's ``params["calibration"]``.
+the table of what was measured is stored in the manifest's ``params["calibration"]``: per kind and rung, the
+mean recall (the estimate a query of that kind reports) and the recall it is assured of (the lower of the
+near- and far-anchored halves, less two standard errors), which a recall target is checked against.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ DEFAULT_TARGET = 0.95
 K = 10
 # Sample queries per kind: the standard error of a recall near 0.95 over 150 queries is about 0.01.
 SAMPLE = 150
-# Recall at which a kind stops climbing: enough for any recall_target a user may pass.
+# Assured recall at which a kind stops climbing: enough for any recall_target a user may pass.
 _ENOUGH = 0.999
 # Seconds the calibration may spend at most, beyond its first measurement of each kind.
 _BUDGET_SECONDS = 60.0
@@ -73,6 +75,7 @@ class _Sample:
     rows: NDArray[np.int64]
     exprs: list[Any]
     masks: list[NDArray[np.bool_] | None]
+    far: NDArray[np.bool_]  # which filters were anchored far from their query (anti-correlated)
     truth: list[NDArray[np.int64]] = field(default_factory=list)
 
 
@@ -157,11 +160,12 @@ def _filtered_sample(
     share = _BAND_CENTRES[kind]
     if share * n < 3 * K:
         return None
-    kept, exprs, masks = [], [], []
+    kept, exprs, masks, far = [], [], [], []
     for attempt in range(4 * size):
         i = attempt % size
         # Half the filters are anchored far from their query: their matches lie elsewhere.
-        anchor = _far_anchor(x, int(rows[i]), meta.metric, rng) if attempt % 2 else int(rng.integers(n))
+        anchored_far = attempt % 2 == 1
+        anchor = _far_anchor(x, int(rows[i]), meta.metric, rng) if anchored_far else int(rng.integers(n))
         expr, mask = filters.around(anchor, share)
         if mask.sum() < K:
             continue
@@ -171,11 +175,12 @@ def _filtered_sample(
         kept.append(int(rows[i]))
         exprs.append(expr)
         masks.append(mask)
+        far.append(anchored_far)
         if len(kept) == size:
             break
     if len(kept) < size // 3:
         return None
-    return _Sample(np.asarray(kept, dtype=np.int64), exprs, masks)
+    return _Sample(np.asarray(kept, dtype=np.int64), exprs, masks, np.asarray(far, dtype=bool))
 
 
 def _samples(
@@ -185,7 +190,7 @@ def _samples(
     n = x.shape[0]
     size = min(SAMPLE, max(1, n // 10))
     rows = rng.choice(n, size=size, replace=False).astype(np.int64)
-    samples = {KINDS[0]: _Sample(rows, [None] * size, [None] * size)}
+    samples = {KINDS[0]: _Sample(rows, [None] * size, [None] * size, np.zeros(size, dtype=bool))}
     if meta.schema.fields:
         filters = _Filters(meta, raw, rng)
         for kind in KINDS[1:]:
@@ -194,6 +199,17 @@ def _samples(
                 samples[kind] = sample
     _fill_truth(x, rows, list(samples.values()), meta.metric)
     return samples
+
+
+def _assured(recall: NDArray[np.float64], far: NDArray[np.bool_]) -> float:
+    """The recall a rung can be trusted to give both the near- and the far-anchored filters of a kind: the
+    lower of each group's mean less two standard errors, so a mix of easy filters cannot hide hard ones."""
+    groups = [recall[far], recall[~far]]
+    return min(
+        float(g.mean()) - (2.0 * float(g.std(ddof=1)) / math.sqrt(len(g)) if len(g) > 1 else 1.0)
+        for g in groups
+        if len(g)
+    )
 
 
 def _seconds_per_query(
@@ -237,13 +253,11 @@ def calibrate(
             knobs = rung_knobs(rung)
             found = search(meta, partition, queries, k=K + 1, filter=exprs, knobs=knobs).ids
             per_query = _recall(found, rows, truth)
-            mean = float(per_query.mean())
-            se = float(per_query.std(ddof=1) / math.sqrt(len(rows))) if len(rows) > 1 else 1.0
-            table.append([rung, mean, se])
+            table.append([rung, float(per_query.mean()), _assured(per_query, sample.far)])
             if _seconds_per_query(meta, partition, *timed, knobs) > exact_seconds[kind]:
                 exact_faster[kind] = rung
                 break
-            if mean >= _ENOUGH or time.perf_counter() - started > _BUDGET_SECONDS:
+            if table[-1][2] >= _ENOUGH or time.perf_counter() - started > _BUDGET_SECONDS:
                 break
         recall[kind] = table
     calibration = {

@@ -145,7 +145,7 @@ def _calibration(calibration: Any) -> list[str]:
         "recall per effort rung (r0, r2, ...) on sample queries drawn from the index"
     ]
     for kind, rows in calibration["recall"].items():
-        table = ", ".join(f"r{rung} {mean:.3f}" for rung, mean, _ in rows)
+        table = ", ".join(f"r{rung} {mean:.3f} (>= {assured:.3f})" for rung, mean, assured in rows)
         faster = calibration["exact_faster"].get(kind)
         exact = f"; exact search faster from r{faster}" if faster is not None and faster <= rows[-1][0] else ""
         lines.append(f"  {kind:<10} {table}{exact} ({calibration['sample'][kind]} queries)")

@@ -65,9 +65,9 @@ def kind_of(selectivity: float | None) -> str:
 class Calibration:
     """Measured recall per rung for each kind of query, and the build's target.
 
-    ``recall[kind]`` maps rungs (ascending, ``EXACT`` excluded) to the recall@k measured there, with its
-    standard error; a kind absent from the table (no attributes, or too few rows for that selectivity)
-    falls back to the nearest kind measured.
+    ``recall[kind]`` lists, per rung (ascending, ``EXACT`` excluded), the mean recall@k measured there and
+    the recall it is assured of (`squash.calibration`); a kind absent from the table (no attributes, or
+    too few rows for that selectivity) falls back to the nearest kind measured.
     """
 
     target: float
@@ -79,7 +79,7 @@ class Calibration:
         stored = meta.params.get("calibration")
         if not isinstance(stored, Mapping):
             return None
-        recall = {kind: [(int(r), float(m), float(se)) for r, m, se in rows] for kind, rows in stored["recall"].items()}
+        recall = {kind: [(int(r), float(m), float(a)) for r, m, a in rows] for kind, rows in stored["recall"].items()}
         return cls(float(stored["target"]), recall, {k: int(v) for k, v in stored["exact_faster"].items()})
 
     def _measured(self, kind: str) -> str:
@@ -87,14 +87,14 @@ class Calibration:
         return kind if kind in self.recall else order[0]
 
     def choose(self, kind: str, target: float) -> tuple[int, float]:
-        """(rung, recall estimate): the cheapest rung measured to reach ``target`` (two standard errors of
-        margin), else the exact search; the exact search too once it ran faster than the rung."""
+        """(rung, recall estimate): the cheapest rung assured of ``target``, else the exact search; the exact
+        search too once it ran faster than the rung."""
         measured = self._measured(kind)
         limit = self.exact_faster.get(measured, TOP_RUNG + 1)
-        for rung, mean, se in self.recall[measured]:
+        for rung, mean, assured in self.recall[measured]:
             if rung >= limit:
                 break
-            if mean - 2.0 * se >= target:
+            if assured >= target:
                 return rung, mean
         return EXACT, 1.0
 
