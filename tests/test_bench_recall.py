@@ -7,6 +7,7 @@ import pytest
 
 from squash.bench import recall
 from squash.datasets import exact_knn
+from squash.search.result import SearchResult, empty_stats
 
 
 def _tiny_case() -> recall.Case:
@@ -56,7 +57,7 @@ def test_tables_and_report_carry_every_row(result: recall.CaseResult) -> None:
 
 def test_findings_name_each_kind_of_defect(result: recall.CaseResult) -> None:
     row = result.rows[1]
-    bad = recall.Measured(0.5, 0.99, 0.0, 1.0, {"violations": 2, "wrong_count": 1, "duplicates": 0})
+    bad = recall.Measured(0.5, 0.99, 0.0, 1.0, {"violations": 2, "wrong_count": 1, "duplicates": 0, "false_exact": 0})
     broken = recall.CaseResult(
         **{**vars(result), "rows": [recall.Row("tiny", row.label, row.share, {"calibrated": bad})]}
     )
@@ -70,13 +71,23 @@ def test_truth_is_brute_force_over_the_admitted_rows() -> None:
     base = rng.normal(size=(500, 8)).astype(np.float32)
     queries = rng.normal(size=(4, 8)).astype(np.float32)
     mask = rng.random(500) < 0.02  # about 10 rows: some queries may have fewer than k matches
-    got = recall.truth(base, queries, [None, mask, mask, None])
+    got, distances = recall.truth(base, queries, [None, mask, mask, None])
     for i, admitted in enumerate([None, mask, mask, None]):
         rows = np.arange(500) if admitted is None else np.flatnonzero(admitted)
         d = ((base[rows].astype(np.float64) - queries[i]) ** 2).sum(axis=1)
         want = rows[np.argsort(d, kind="stable")[: recall.K]]
         np.testing.assert_array_equal(got[i][got[i] >= 0], want)
+        np.testing.assert_allclose(distances[i][: len(want)], np.sort(d)[: recall.K])
     np.testing.assert_array_equal(got[0], exact_knn(base, queries[:1], recall.K)[0][0])
+
+
+def test_false_exact_counts_flagged_queries_that_differ_from_brute_force() -> None:
+    truth = np.array([[1.0, 2.0], [1.0, np.inf], [3.0, 4.0]])
+    found = np.array([[1.0, 2.0], [1.0, np.inf], [3.0, 5.0]], dtype=np.float32)
+    flagged = SearchResult(np.zeros((3, 2), dtype=np.int64), found, empty_stats(3))  # no partition unscanned
+    assert flagged.exact.all() and recall.false_exact(flagged, truth) == 1
+    unflagged = SearchResult(flagged.ids, found, {**empty_stats(3), "unvisited": np.ones(3, dtype=np.int64)})
+    assert recall.false_exact(unflagged, truth) == 0
 
 
 def test_unknown_case_is_refused() -> None:

@@ -7,7 +7,8 @@ bypasses the calibration). Recall@10 is measured against numpy brute force over 
 admits, with the filters evaluated on the raw attribute arrays, not by Squash. Next to it: the mean
 ``recall_estimate`` the calibration reports, the share of queries flagged ``exact``, single-thread QPS
 (the queries as one batch, fastest of two timed runs after a warm-up), and the result checks (filter
-violations, queries without exactly min(k, matches) results, duplicate ids). Any recall below the build
+violations, queries without exactly min(k, matches) results, duplicate ids, queries flagged exact whose
+distances differ from brute force). Any recall below the build
 target, estimate more than 0.03 from the measured recall, or failed check is listed as a finding.
 """
 
@@ -30,6 +31,7 @@ from squash.bench.common import environment_header, markdown_table, recall_at_k
 from squash.bench.search import Workload, check_results
 from squash.datasets import SHARED_DATA, exact_knn
 from squash.index import Index
+from squash.search.result import SearchResult
 
 K = 10
 TARGET = 0.95
@@ -284,9 +286,13 @@ SHARED_CASES = {"sift": "sift-ngt-5k", "fashion": "fashion-mnist-784", "debian":
 # ---------------------------------------------------------------- measuring
 
 
-def truth(base: NDArray[np.float32], queries: NDArray[np.float32], masks: Sequence[Mask]) -> NDArray[np.int64]:
-    """Exact top-k of each query among the rows its mask admits, by numpy brute force (-1 pads)."""
+def truth(
+    base: NDArray[np.float32], queries: NDArray[np.float32], masks: Sequence[Mask]
+) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """Exact top-k (ids, squared L2) of each query among the rows its mask admits, by numpy brute force
+    (-1 and inf pad)."""
     out = np.full((len(queries), K), -1, dtype=np.int64)
+    dists = np.full((len(queries), K), np.inf)
     groups: dict[int, list[int]] = {}
     for i, mask in enumerate(masks):
         groups.setdefault(id(mask), []).append(i)
@@ -294,9 +300,16 @@ def truth(base: NDArray[np.float32], queries: NDArray[np.float32], masks: Sequen
         mask = masks[members[0]]
         rows = np.arange(len(base)) if mask is None else np.flatnonzero(mask)
         if len(rows):
-            ids, _ = exact_knn(base[rows], queries[members], K)
+            ids, dists[members] = exact_knn(base[rows], queries[members], K)
             out[members] = np.where(ids >= 0, rows[np.maximum(ids, 0)], -1)
-    return out
+    return out, dists
+
+
+def false_exact(result: SearchResult, distances: NDArray[np.float64]) -> int:
+    """Queries flagged ``exact`` whose distances differ from brute force's (ties may swap ids, not distances)."""
+    found = result.distances.astype(np.float64)
+    same = np.isclose(found, distances, rtol=1e-4, atol=1e-5) | (np.isinf(found) & np.isinf(distances))
+    return int((result.exact & ~same.all(axis=1)).sum())
 
 
 def _as_workload(filtering: Filtering, n: int) -> Workload:
@@ -317,7 +330,7 @@ def measure(
     queries: NDArray[np.float32],
     filtering: Filtering,
     knobs: dict[str, Any],
-    want: NDArray[np.int64],
+    want: tuple[NDArray[np.int64], NDArray[np.float64]],
     work: Workload,
 ) -> Measured:
     """Search the batch at ``knobs`` on one thread: a warm-up whose answer is checked, then timed runs."""
@@ -332,11 +345,11 @@ def measure(
     estimates = result.recall_estimate
     estimate = math.nan if estimates is None or np.isnan(estimates).all() else float(np.nanmean(estimates))
     return Measured(
-        recall_at_k(result.ids, want, K),
+        recall_at_k(result.ids, want[0], K),
         estimate,
         float(result.exact.mean()),
         len(queries) / best,
-        check_results(result.ids, work, index.meta.n_vectors),
+        {**check_results(result.ids, work, index.meta.n_vectors), "false_exact": false_exact(result, want[1])},
     )
 
 
@@ -363,7 +376,7 @@ def bench_case(case: Case) -> CaseResult:
 
 def _checks(measured: Measured) -> str:
     c = measured.checks
-    return f"{c['violations']:.0f}/{c['wrong_count']:.0f}/{c['duplicates']:.0f}"
+    return "/".join(f"{c[name]:.0f}" for name in ("violations", "wrong_count", "duplicates", "false_exact"))
 
 
 def format_row(row: Row) -> str:
@@ -468,7 +481,7 @@ def report(results: Sequence[CaseResult], header: str, command: str, total_s: fl
         "which bypass it. estimate = mean `recall_estimate`; exact = share of queries flagged `exact`; QPS on one "
         f"thread, the queries as one batch, fastest of {TIMED_RUNS} runs after a warm-up (the machine is shared, "
         "so timings are noisy); checks = filter violations / queries without exactly min(k, matches) results / "
-        "duplicate ids.",
+        "duplicate ids / queries flagged exact whose distances differ from brute force.",
         "",
         recall_table(results),
         "",
