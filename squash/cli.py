@@ -13,6 +13,7 @@ BENCHMARKS = {
     "cost": ("squash.bench.cost", "QPS, recall and $ per query vs allocators; cost vs S3 Vectors, turbopuffer, EC2"),
     "osq": ("squash.bench.osq", "OSQ recall and encode speed vs faiss SQ/PQ at equal bytes"),
     "partition": ("squash.bench.partition", "balanced k-means time, balance and neighbour locality"),
+    "recall": ("squash.bench.recall", "recall@10, its estimate and QPS at default settings, old defaults, hard cases"),
     "search": ("squash.bench.search", "filtered QPS vs recall@10: Squash, faiss IVF, hnswlib, numpy"),
     "soak": ("squash.bench.soak", "N concurrent clients on the local stack for M seconds: errors, latency, RSS"),
 }
