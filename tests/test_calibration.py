@@ -75,10 +75,11 @@ def _two_far_clusters(n: int, d: int, seed: int) -> tuple[np.ndarray, dict[str, 
     return x.astype(np.float32), {"tag": tag}
 
 
-def test_far_cluster_filter_reaches_the_target() -> None:
-    base, attrs = _two_far_clusters(30_000, 32, seed=5)
+@pytest.mark.parametrize("seed", [0, 4, 5])  # 0 and 4 failed before the calibration drew 0/1 filters on one value
+def test_far_cluster_filter_reaches_the_target(seed: int) -> None:
+    base, attrs = _two_far_clusters(30_000, 32, seed=seed)
     index = squash.Index.build(base, attrs)
-    queries = np.random.default_rng(6).normal(size=(40, 32)).astype(np.float32)  # near the first cluster
+    queries = np.random.default_rng(100 + seed).normal(size=(40, 32)).astype(np.float32)  # near the first cluster
     recall, _ = _check(index, base, queries, [{"tag": 1}] * 40, [attrs["tag"] == 1] * 40)
     assert recall >= TARGET
 
