@@ -250,7 +250,14 @@ def test_processor_slots_route_partitions_by_modulo(built: Built) -> None:
 def test_lru_evicts_under_a_tiny_budget(built: Built) -> None:
     sizes = [built.index.partition(p).nbytes for p in range(PARTITIONS)]
     budget = int(1.5 * max(sizes))  # room for one partition at a time
-    config = RuntimeConfig(processor_functions=("only-slot",), memory_mb=128, cache_fraction=budget / (128 << 20))
+    # No hedges: on a loaded machine a hedged duplicate would find its partition loaded by the first call,
+    # and whichever answers first reports its own cache outcome.
+    config = RuntimeConfig(
+        processor_functions=("only-slot",),
+        memory_mb=128,
+        cache_fraction=budget / (128 << 20),
+        hedge_min_seconds=3600.0,
+    )
     client = squash.Client(built.uri, config=config)
     first = client.query_batch(built.queries, 10, depth=0, exact=True)
     second = client.query_batch(built.queries, 10, depth=0, exact=True)
