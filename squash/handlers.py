@@ -28,7 +28,7 @@ import os
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -61,10 +61,8 @@ from squash.protocol import (
     split_request,
 )
 from squash.search.effort import effort_groups, estimates_of
-from squash.search.engine import group_by_partition
-from squash.search.merge import merge_partials
+from squash.search.orchestrate import Visit, orchestrate
 from squash.search.params import SearchParams
-from squash.search.plan import plan_queries
 from squash.search.prepared import PreparedPartition
 from squash.search.queries import prepare_queries
 from squash.search.result import STAT_FIELDS, calibrated_estimates, empty_stats
@@ -316,70 +314,58 @@ def _child_deadline(work: _Work, margin: float) -> tuple[Deadline | None, Deadli
 
 
 def _search_share(inv: _Invocation, work: _Work) -> _Share:
-    """An allocator's own work: plan, one processor call per partition, merge as the engine does.
+    """An allocator's own work: the engine's plan -> visit -> merge loop, one processor call per partition.
 
     A partition that cannot be searched (after retries and hedging) leaves its queries marked incomplete
     and is reported in ``missing``; the other partitions' results are still merged.
     """
-    nq, k = work.queries.shape[0], work.k
-    ids = np.full((nq, k), -1, dtype=np.int64)
-    dists = np.full((nq, k), np.inf, dtype=np.float32)
-    stats = empty_stats(nq)
-    complete = np.ones(nq, dtype=bool)
-    if nq == 0:
-        return _Share(ids, dists, stats, [], complete, [])
+    nq = work.queries.shape[0]
+    if nq == 0:  # an interior node with no share of its own reads nothing
+        ids, dists = np.full((0, work.k), -1, dtype=np.int64), np.full((0, work.k), np.inf, dtype=np.float32)
+        return _Share(ids, dists, empty_stats(0), [], np.ones(0, dtype=bool), [])
     if work.deadline is not None:
         work.deadline.check("planning")
     meta = inv.index(work.ref).meta
     _check_dim(work.queries, meta)
     compiled = work.filters.compile(meta)
-    visits: list[tuple[int, NDArray[np.int64], ProcessorRequest]] = []
     config = inv.ctx.config
     wait_until, child = _child_deadline(work, config.deadline_margin)
-    with _COMPUTE:
-        started = time.perf_counter()
-        for effort in effort_groups(meta, compiled, work.knobs):
-            plans = plan_queries(meta, work.queries[effort.rows], [compiled[i] for i in effort.rows], k, effort.params)
-            stats["unvisited"][effort.rows] = plans.unvisited
-            for pid, (qs, probes) in group_by_partition(plans).items():
-                rows = effort.rows[qs]
-                part = replace(work.take(rows), knobs=effort.knobs)
-                visits.append(
-                    (
-                        pid,
-                        rows,
-                        ProcessorRequest(part.ref, part.queries, part.filters, k, part.knobs, pid, probes),
-                    )
-                )
-        inv.add(plan_seconds=time.perf_counter() - started, partitions=len(visits))
-    responses = FanOut(
-        [partial(_invoke, inv, config.processor_for(pid), r, child) for pid, _, r in visits],
-        limit=config.max_fan_out,
-        deadline=wait_until,
-        hedge_after=config.hedge_min_seconds,
-        budget=inv.budget,
-    ).results()
-    missing, metrics = [], []
-    # Merge visit by visit in the order the engine merges (effort group, then ascending partition), so every
-    # mode returns bit-identical results.
-    for (pid, qs, _), part in zip(visits, responses, strict=True):
-        if isinstance(part, SquashError):
-            complete[qs] = False
-            missing.append(
-                Missing(
-                    pid,
-                    type(part).__name__,
-                    f"partition {pid} of {work.ref.uri} (version {work.ref.version}) could not be searched: "
-                    f"{type(part).__name__}: {part}",
-                )
+    responses: list[ProcessorResponse | SquashError] = []
+
+    def visit(visits: Sequence[Visit]) -> list[ProcessorResponse | SquashError]:
+        requests = []
+        for v in visits:
+            part = replace(work.take(v.rows), knobs=v.group.knobs)
+            requests.append(
+                ProcessorRequest(part.ref, part.queries, part.filters, work.k, part.knobs, v.partition, v.probes)
             )
-            continue
-        ids[qs], dists[qs] = merge_partials([(ids[qs], dists[qs]), (part.ids, part.distances)], k)
-        for name in STAT_FIELDS:
-            stats[name][qs] += part.stats[name]
-        metrics.append(part.metrics)
-        inv.note_child(part.metrics)
-    return _Share(ids, dists, stats, metrics, complete, missing)
+        responses.extend(
+            FanOut(
+                [partial(_invoke, inv, config.processor_for(r.partition), r, child) for r in requests],
+                limit=config.max_fan_out,
+                deadline=wait_until,
+                hedge_after=config.hedge_min_seconds,
+                budget=inv.budget,
+            ).results()
+        )
+        return responses
+
+    groups = effort_groups(meta, compiled, work.knobs)
+    merged = orchestrate(meta, work.queries, compiled, work.k, groups, visit, planning=_COMPUTE)
+    inv.add(plan_seconds=merged.plan_seconds, partitions=merged.visits)
+    missing = [
+        Missing(
+            v.partition,
+            type(error).__name__,
+            f"partition {v.partition} of {work.ref.uri} (version {work.ref.version}) could not be searched: "
+            f"{type(error).__name__}: {error}",
+        )
+        for v, error in merged.failed
+    ]
+    metrics = [r.metrics for r in responses if not isinstance(r, SquashError)]
+    for m in metrics:
+        inv.note_child(m)
+    return _Share(merged.ids, merged.distances, merged.stats, metrics, merged.complete, missing)
 
 
 def _run_node(inv: _Invocation, work: _Work, shape: TreeShape, node: int | None, level: int) -> tuple[_Share, int]:

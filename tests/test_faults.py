@@ -39,7 +39,7 @@ from squash.errors import (
     WorkerCrashedError,
 )
 from squash.protocol import FilterSet
-from squash.search.engine import group_by_partition
+from squash.search.orchestrate import group_by_partition
 from squash.search.params import SearchParams
 from squash.search.plan import plan_queries
 from squash.search.queries import prepare_queries
