@@ -1,7 +1,7 @@
 """``squash.Client``: query a stored index, embedded in this process or through deployed functions.
 
-Both modes run the same coordinator -> allocator -> processor code (`squash.handlers`) and exchange the same
-JSON events (`squash.protocol`); only the `Invoker` differs: threads here, or AWS Lambda.
+Both modes run the same coordinator -> allocator -> processor code (`squash.runtime`) and exchange the same
+JSON events (`squash.runtime.protocol`); only the `Invoker` differs: threads here, or AWS Lambda.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from squash.compute.base import Invoker, call
+from squash.compute.base import Invoker
 from squash.compute.retry import Deadline, FanOut, RetryBudget, RetryPolicy, retrying
 from squash.config import RuntimeConfig
 from squash.errors import IncompleteResultError, InvalidInputError, InvocationTimeoutError, SquashError
-from squash.protocol import (
+from squash.runtime.calls import call
+from squash.runtime.protocol import (
     COUNTERS,
     MAX_COUNTERS,
     MAX_TIMEOUT,
@@ -30,8 +31,8 @@ from squash.protocol import (
     Missing,
     split_request,
 )
+from squash.runtime.tree import TreeShape
 from squash.search.result import SearchResult
-from squash.tree import TreeShape
 from squash.validation import as_vectors
 
 # Function names a deployed coordinator's response may report metrics for (its slot count is not known here);
@@ -101,7 +102,7 @@ class Client:
         invoker: Invoker | None = None,
         lambda_client: Any = None,
     ) -> None:
-        from squash.compute.inprocess import InProcessInvoker
+        from squash.runtime.inprocess import InProcessInvoker
 
         conflicts = [
             (
@@ -207,7 +208,7 @@ class Client:
             (retries the retry budget refused; the client's own retries of the coordinator included); per role
             ``<role>.<counter>`` (for example ``processor.cache_hits``, ``allocator.seconds``,
             ``processor.max_seconds``); per function ``function.<name>.<counter>``. Counters are listed in
-            `squash.protocol.COUNTERS`. ``complete`` (bool (nq,)) is False only for the queries that missed
+            `squash.runtime.protocol.COUNTERS`. ``complete`` (bool (nq,)) is False only for the queries that missed
             a partition, which ``allow_partial=True`` alone lets through.
         """
         started = time.perf_counter()

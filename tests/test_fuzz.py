@@ -27,9 +27,10 @@ from hypothesis.extra import numpy as hnp
 import squash
 from squash.config import RuntimeConfig
 from squash.errors import InvalidInputError, LimitExceededError, SquashError
-from squash.handlers import HandlerContext, handle
 from squash.pipeline import build_index
-from squash.protocol import (
+from squash.runtime.context import HandlerContext
+from squash.runtime.dispatch import handle
+from squash.runtime.protocol import (
     MAX_BUDGET_MS,
     MAX_DIM,
     MAX_TIMEOUT,
@@ -42,10 +43,10 @@ from squash.protocol import (
     ProcessorRequest,
     ProcessorResponse,
 )
+from squash.runtime.tree import TreeShape
 from squash.search.params import MAX_K, SearchParams
 from squash.search.queries import MAX_BATCH, compile_filters
 from squash.search.result import STAT_FIELDS
-from squash.tree import TreeShape
 from squash.validation import as_vectors
 
 DIM = 8

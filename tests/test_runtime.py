@@ -25,10 +25,8 @@ from botocore.stub import Stubber
 
 import squash
 from squash.compute.aws_lambda import LambdaInvoker
-from squash.compute.inprocess import InProcessInvoker
 from squash.config import MAX_PAYLOAD, RuntimeConfig
 from squash.datasets import synthetic_clustered
-from squash.dre import LruCache
 from squash.errors import (
     IncompleteResultError,
     InvalidInputError,
@@ -39,7 +37,9 @@ from squash.errors import (
     ThrottledInvocationError,
 )
 from squash.pipeline import build_index
-from squash.protocol import (
+from squash.runtime.dre import LruCache
+from squash.runtime.inprocess import InProcessInvoker
+from squash.runtime.protocol import (
     AllocatorRequest,
     CoordinatorRequest,
     FilterSet,
@@ -49,9 +49,9 @@ from squash.protocol import (
     pack_arrays,
     split_request,
 )
+from squash.runtime.tree import TreeShape, allocator_count, choose_shape
 from squash.storage import open_store
 from squash.storage.faults import Fault, FaultInjectingStore
-from squash.tree import TreeShape, allocator_count, choose_shape
 
 REPO = Path(__file__).resolve().parents[1]
 EVENTS = Path(__file__).parent / "events"
@@ -710,7 +710,7 @@ def test_deployed_mode_end_to_end_on_the_local_stack(tmp_path: Path) -> None:
 
 def test_modelled_durations_follow_the_critical_path(built: Built) -> None:
     from squash.costs import Prices, estimate, metrics_from_info
-    from squash.handlers import MODEL_HOP_MS
+    from squash.runtime.context import MODEL_HOP_MS
 
     client = squash.Client(built.uri)
     result = client.query_batch(built.queries, 10, branching=2, depth=2)
