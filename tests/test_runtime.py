@@ -205,6 +205,25 @@ def test_default_tree_and_single_query(built: Built) -> None:
     assert hits.stats["partitions"] == expected.stats["partitions"][0]
 
 
+def test_rows_of_a_result_are_views_with_their_own_figures(built: Built) -> None:
+    """``result[i]`` is query i's row (what `Client.query` returns), checked against the batch's arrays."""
+    filters = [None if i % 3 else {"color": "green"} for i in range(12)]
+    result = squash.Client(built.uri).query_batch(built.queries[:12], 5, filters, allow_partial=True)
+    rows = list(result)
+    assert len(rows) == len(result) == 12 and isinstance(rows[0], squash.Hits)
+    for i, row in enumerate(rows):
+        assert np.shares_memory(row.ids, result.ids) and np.shares_memory(row.distances, result.distances)
+        np.testing.assert_array_equal(row.ids, result.ids[i])
+        np.testing.assert_array_equal(row.distances, result.distances[i])
+        assert row.stats == {name: int(values[i]) for name, values in result.stats.items()}
+        assert row.exact == bool(result.exact[i]) and row.complete == bool(result.complete[i])
+        assert row.recall_estimate == float(result.recall_estimate[i]) or np.isnan(row.recall_estimate)
+        assert row.info is result.info and len(row) == int(result.counts[i])
+    np.testing.assert_array_equal(result[-1].ids, result.ids[11])
+    with pytest.raises(TypeError, match="indexed by an int"):
+        result[1:3]
+
+
 def test_knobs_reach_the_processors(built: Built) -> None:
     client = squash.Client(built.uri)
     exact = client.query_batch(built.queries[:8], 10, branching=2, depth=1, exact=True)
