@@ -29,7 +29,7 @@ from squash.model import IndexMeta, Metric, PartitionData
 from squash.search.effort import KINDS, TOP_RUNG, kind_of, rung_knobs, selectivities
 from squash.search.engine import search
 from squash.search.prepared import PreparedPartition
-from squash.search.queries import compile_filters
+from squash.search.queries import FilterSet
 
 DEFAULT_TARGET = 0.95
 K = 10
@@ -145,7 +145,7 @@ def _sample_kind(
         made = filters.around(anchor, share)
         if made is None or made[1].sum() < K:
             continue
-        (compiled,) = compile_filters(made[0], 1, meta)
+        (compiled,) = FilterSet.from_user(made[0], 1).compile(meta)
         if kind_of(selectivities(meta, [compiled])[0]) != kind:
             continue
         kept_rows.append(int(rows[i]))

@@ -25,12 +25,12 @@ from squash.runtime.protocol import (
     ROLES,
     CoordinatorRequest,
     CoordinatorResponse,
-    FilterSet,
     IndexRef,
     Missing,
     split_request,
 )
 from squash.runtime.tree import TreeShape
+from squash.search.queries import FilterSet
 from squash.search.result import Hits, SearchResult
 from squash.validation import as_vectors
 

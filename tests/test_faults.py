@@ -38,12 +38,11 @@ from squash.errors import (
 )
 from squash.runtime.faults import FaultInjectingInvoker, InvokeFault
 from squash.runtime.inprocess import InProcessInvoker
-from squash.runtime.protocol import FilterSet
 from squash.runtime.tree import TreeShape
 from squash.search.orchestrate import group_by_partition
 from squash.search.params import SearchParams
 from squash.search.plan import plan_queries
-from squash.search.queries import prepare_queries
+from squash.search.queries import FilterSet, prepare_queries
 from squash.storage import open_store
 from squash.storage.faults import Fault, FaultInjectingStore
 

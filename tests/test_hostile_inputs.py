@@ -26,9 +26,10 @@ from squash.pipeline import build_index
 from squash.runtime.context import HandlerContext
 from squash.runtime.dispatch import handle
 from squash.runtime.inprocess import InProcessInvoker
-from squash.runtime.protocol import MAX_TIMEOUT, CoordinatorRequest, FilterSet, IndexRef
+from squash.runtime.protocol import MAX_TIMEOUT, CoordinatorRequest, IndexRef
 from squash.runtime.tree import TreeShape
 from squash.search.params import SearchParams
+from squash.search.queries import FilterSet
 
 DIM = 8
 N = 300

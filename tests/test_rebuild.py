@@ -21,7 +21,8 @@ from squash.pipeline import build_index
 from squash.runtime.context import HandlerContext
 from squash.runtime.coordinator import coordinate
 from squash.runtime.processor import process
-from squash.runtime.protocol import CoordinatorRequest, FilterSet, IndexRef, ProcessorRequest
+from squash.runtime.protocol import CoordinatorRequest, IndexRef, ProcessorRequest
+from squash.search.queries import FilterSet
 from squash.storage import open_store
 
 DIM = 16

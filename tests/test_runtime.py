@@ -42,7 +42,6 @@ from squash.runtime.inprocess import InProcessInvoker
 from squash.runtime.protocol import (
     AllocatorRequest,
     CoordinatorRequest,
-    FilterSet,
     IndexRef,
     ProcessorRequest,
     ProcessorResponse,
@@ -50,6 +49,7 @@ from squash.runtime.protocol import (
     split_request,
 )
 from squash.runtime.tree import TreeShape, allocator_count, choose_shape
+from squash.search.queries import FilterSet
 from squash.storage import open_store
 from squash.storage.faults import Fault, FaultInjectingStore
 

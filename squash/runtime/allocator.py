@@ -19,7 +19,6 @@ from squash.runtime.context import COMPUTE, HandlerContext, Invocation, check_di
 from squash.runtime.protocol import (
     AllocatorRequest,
     AllocatorResponse,
-    FilterSet,
     IndexRef,
     Metrics,
     Missing,
@@ -30,6 +29,7 @@ from squash.runtime.protocol import (
 from squash.runtime.tree import TreeShape
 from squash.search.effort import effort_groups
 from squash.search.orchestrate import Visit, orchestrate
+from squash.search.queries import FilterSet
 from squash.search.result import STAT_FIELDS, empty_stats
 
 

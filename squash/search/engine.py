@@ -11,7 +11,7 @@ from squash.search.effort import effort_groups, estimates_of
 from squash.search.orchestrate import Partial, Visit, orchestrate
 from squash.search.params import check_k
 from squash.search.prepared import PreparedPartition
-from squash.search.queries import compile_filters, prepare_queries
+from squash.search.queries import FilterSet, prepare_queries
 from squash.search.result import LEVEL_TIMES, SearchResult, calibrated_estimates
 from squash.search.scan import search_partition
 
@@ -29,7 +29,7 @@ def search(
     k = check_k(k)
     start = time.perf_counter()
     q = prepare_queries(queries, meta)
-    filters = compile_filters(filter, q.shape[0], meta)
+    filters = FilterSet.from_user(filter, q.shape[0]).compile(meta)
     groups = effort_groups(meta, filters, knobs)
     levels = dict.fromkeys(LEVEL_TIMES, 0.0)
 

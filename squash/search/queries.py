@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -57,21 +58,53 @@ def canonical_filter(expr: Any) -> str:
     return text
 
 
-def compile_filters(filter: Any, nq: int, meta: IndexMeta) -> list[CompiledFilter | None]:
-    """One compiled filter per query: ``filter`` is None, one filter for all, or a list of nq filters.
+@dataclass(frozen=True, eq=False)
+class FilterSet:
+    """One filter per query, deduplicated: distinct JSON expressions and the index of each query's one.
 
-    Equal filters share one compiled object, which lets processors share their candidate sets.
-    """
-    if isinstance(filter, Sequence) and not isinstance(filter, str | bytes):
-        if len(filter) != nq:
-            raise FilterError(
-                f"got {len(filter)} filters for {nq} queries; pass one filter for all queries or one per query"
-            )
-        exprs = list(filter)
-    else:
-        exprs = [filter] * nq
-    keys = [canonical_filter(expr) for expr in exprs]
-    unique = dict(zip(keys, exprs, strict=True))
-    compiled = compile_exprs(list(unique.values()), meta.schema, meta.attr_quantizer)
-    by_key = dict(zip(unique, compiled, strict=True))
-    return [by_key[key] for key in keys]
+    The one way from what a caller passes to compiled filters (``FilterSet.from_user(...).compile(meta)``),
+    in process and on the wire alike (requests carry ``exprs`` and ``of``)."""
+
+    exprs: tuple[Any, ...]
+    of: NDArray[np.int32]
+
+    @classmethod
+    def from_user(cls, filter: Any, n_queries: int) -> FilterSet:
+        """None, one filter for every query, or a sequence of one filter per query (as `Index.search`)."""
+        if isinstance(filter, Sequence) and not isinstance(filter, str | bytes):
+            if len(filter) != n_queries:
+                raise FilterError(
+                    f"got {len(filter)} filters for {n_queries} queries; pass one filter for all queries or "
+                    "one per query"
+                )
+            exprs: list[Any] = []
+            seen: dict[str, int] = {}
+            of = np.empty(n_queries, dtype=np.int32)
+            for i, expr in enumerate(filter):
+                # Round-trip through JSON so the sender holds exactly what receivers will see.
+                key = canonical_filter(expr)
+                if key not in seen:
+                    seen[key] = len(exprs)
+                    exprs.append(json.loads(key))
+                of[i] = seen[key]
+            return cls(tuple(exprs), of)
+        return cls((json.loads(canonical_filter(filter)),), np.zeros(n_queries, dtype=np.int32))
+
+    def per_query(self) -> list[Any]:
+        return [self.exprs[i] for i in self.of]
+
+    def compile(self, meta: IndexMeta) -> list[CompiledFilter | None]:
+        """One compiled filter per query, against ``meta``'s schema; equal filters share one object.
+
+        Each distinct expression is checked as strict JSON and compiled once (a decoded event may list an
+        expression twice), which lets processors share their candidate sets.
+        """
+        keys = [canonical_filter(expr) for expr in self.exprs]
+        unique = dict(zip(keys, self.exprs, strict=True))
+        by_key = dict(zip(unique, compile_exprs(list(unique.values()), meta.schema, meta.attr_quantizer), strict=True))
+        return [by_key[keys[i]] for i in self.of]
+
+    def take(self, rows: slice | NDArray[np.int64]) -> FilterSet:
+        """The filters of some queries, keeping only the expressions they use."""
+        used, of = np.unique(self.of[rows], return_inverse=True)
+        return FilterSet(tuple(self.exprs[i] for i in used), of.astype(np.int32).reshape(-1))

@@ -29,7 +29,6 @@ response under the synchronous payload limit by splitting the query batch.
 from squash.runtime.protocol.requests import (
     AllocatorRequest,
     CoordinatorRequest,
-    FilterSet,
     ProcessorRequest,
     Request,
 )
@@ -68,7 +67,6 @@ __all__ = [
     "AllocatorResponse",
     "CoordinatorRequest",
     "CoordinatorResponse",
-    "FilterSet",
     "IndexRef",
     "Metrics",
     "Missing",

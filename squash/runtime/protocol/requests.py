@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, TypeVar
 
@@ -11,8 +10,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 from squash.errors import InvalidInputError, LimitExceededError
-from squash.filter import CompiledFilter
-from squash.model import IndexMeta
 from squash.runtime.protocol.wire import (
     _F32,
     _I32,
@@ -27,61 +24,17 @@ from squash.runtime.protocol.wire import (
 )
 from squash.runtime.tree import TreeShape
 from squash.search.params import SearchParams, check_k
-from squash.search.queries import MAX_BATCH, canonical_filter, compile_filters
+from squash.search.queries import MAX_BATCH, FilterSet
 
 Request = TypeVar("Request", "CoordinatorRequest", "AllocatorRequest", "ProcessorRequest")
 
 
-@dataclass(frozen=True, eq=False)
-class FilterSet:
-    """One filter per query, deduplicated: distinct JSON expressions and the index of each query's one."""
-
-    exprs: tuple[Any, ...]
-    of: NDArray[np.int32]
-
-    @classmethod
-    def from_user(cls, filter: Any, n_queries: int) -> FilterSet:
-        """None, one filter for every query, or a sequence of one filter per query (as `Index.search`)."""
-        if isinstance(filter, Sequence) and not isinstance(filter, str | bytes):
-            if len(filter) != n_queries:
-                raise InvalidInputError(
-                    f"got {len(filter)} filters for {n_queries} queries; pass one filter for all queries or "
-                    "one per query"
-                )
-            exprs: list[Any] = []
-            seen: dict[str, int] = {}
-            of = np.empty(n_queries, dtype=np.int32)
-            for i, expr in enumerate(filter):
-                # Round-trip through JSON so the sender holds exactly what receivers will see.
-                key = canonical_filter(expr)
-                if key not in seen:
-                    seen[key] = len(exprs)
-                    exprs.append(json.loads(key))
-                of[i] = seen[key]
-            return cls(tuple(exprs), of)
-        return cls((json.loads(canonical_filter(filter)),), np.zeros(n_queries, dtype=np.int32))
-
-    def per_query(self) -> list[Any]:
-        return [self.exprs[i] for i in self.of]
-
-    def compile(self, meta: IndexMeta) -> list[CompiledFilter | None]:
-        """One compiled filter per query, against ``meta``'s schema; equal filters share one object."""
-        # Each distinct expression once: compiling per query would re-serialise it for every query.
-        distinct = compile_filters(list(self.exprs), len(self.exprs), meta)
-        return [distinct[i] for i in self.of]
-
-    def take(self, rows: slice | NDArray[np.int64]) -> FilterSet:
-        """The filters of some queries, keeping only the expressions they use."""
-        used, of = np.unique(self.of[rows], return_inverse=True)
-        return FilterSet(tuple(self.exprs[i] for i in used), of.astype(np.int32).reshape(-1))
-
-    @classmethod
-    def decode(cls, exprs: object, of: NDArray[Any], kind: str) -> FilterSet:
-        if not isinstance(exprs, list) or not exprs:
-            raise _fail(kind, "filters", "must be a non-empty list of filter expressions")
-        if len(of) and (of.min() < 0 or of.max() >= len(exprs)):
-            raise _fail(kind, "arrays.filter_of", f"must index into the {len(exprs)} filters")
-        return cls(tuple(exprs), of)
+def _decode_filters(exprs: object, of: NDArray[Any], kind: str) -> FilterSet:
+    if not isinstance(exprs, list) or not exprs:
+        raise _fail(kind, "filters", "must be a non-empty list of filter expressions")
+    if len(of) and (of.min() < 0 or of.max() >= len(exprs)):
+        raise _fail(kind, "arrays.filter_of", f"must index into the {len(exprs)} filters")
+    return FilterSet(tuple(exprs), of)
 
 
 def _check_queries(queries: NDArray[Any], kind: str) -> None:
@@ -153,7 +106,7 @@ class _Batch:
         return {
             "index": IndexRef.from_json(e["index"], cls.KIND, pinned=pinned),
             "queries": arrays["queries"],
-            "filters": FilterSet.decode(e["filters"], arrays["filter_of"], cls.KIND),
+            "filters": _decode_filters(e["filters"], arrays["filter_of"], cls.KIND),
             "k": e.int("k", 1),
             "knobs": e["knobs"],
             "budget_ms": e.int("budget_ms", 1, MAX_BUDGET_MS, optional=True),
