@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from squash.errors import FilterError, InvalidInputError, LimitExceededError
-from squash.filter import MAX_DEPTH, CompiledFilter, compile_exprs
+from squash.filter import CompiledFilter, canonical_filter, compile_exprs, group_of
 from squash.model import IndexMeta, Metric
 from squash.validation import as_vectors
 
@@ -31,31 +31,6 @@ def prepare_queries(queries: object, meta: IndexMeta) -> NDArray[np.float32]:
             raise InvalidInputError("a zero-length query has no cosine similarity; pass a non-zero vector")
         q = (q / norms).astype(np.float32)
     return q
-
-
-def canonical_filter(expr: Any) -> str:
-    """A stable text form of a JSON filter, so equal filters compile once.
-
-    Only what strict JSON can carry passes: AWS Lambda refuses a payload holding NaN or infinity, and UTF-8
-    (hence any payload) cannot hold a lone surrogate, so such a filter fails here rather than in transit.
-    """
-    try:
-        text = json.dumps(expr, sort_keys=True, allow_nan=False, ensure_ascii=False)
-    except RecursionError:
-        raise FilterError(f"filter nested deeper than the limit of {MAX_DEPTH} levels; flatten it") from None
-    except (TypeError, ValueError) as exc:
-        raise FilterError(
-            f"filter is not strict JSON ({exc}); build it from dicts, lists, strings, booleans and finite numbers "
-            "(NaN and infinity never compare true, and a Lambda payload cannot carry them)"
-        ) from None
-    try:
-        text.encode()
-    except UnicodeEncodeError as exc:
-        raise FilterError(
-            f"filter holds text that is not valid Unicode ({exc.reason} at {exc.object[exc.start : exc.end]!r}); "
-            "attribute names and categories are always valid UTF-8"
-        ) from None
-    return text
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,15 +69,15 @@ class FilterSet:
         return [self.exprs[i] for i in self.of]
 
     def compile(self, meta: IndexMeta) -> list[CompiledFilter | None]:
-        """One compiled filter per query, against ``meta``'s schema; equal filters share one object.
+        """One compiled filter per query, against ``meta``'s schema; filters of one group share one object.
 
-        Each distinct expression is checked as strict JSON and compiled once (a decoded event may list an
-        expression twice), which lets processors share their candidate sets.
+        Each distinct expression is compiled once (a decoded event may list one twice, and then its
+        compiled copies share too), which lets processors share their candidate sets.
         """
-        keys = [canonical_filter(expr) for expr in self.exprs]
-        unique = dict(zip(keys, self.exprs, strict=True))
-        by_key = dict(zip(unique, compile_exprs(list(unique.values()), meta.schema, meta.attr_quantizer), strict=True))
-        return [by_key[keys[i]] for i in self.of]
+        shared: dict[Hashable, CompiledFilter | None] = {}
+        compiled = compile_exprs(list(self.exprs), meta.schema, meta.attr_quantizer)
+        distinct = [shared.setdefault(group_of(f), f) for f in compiled]
+        return [distinct[i] for i in self.of]
 
     def take(self, rows: slice | NDArray[np.int64]) -> FilterSet:
         """The filters of some queries, keeping only the expressions they use."""
