@@ -10,7 +10,7 @@ is generated from configuration and the one for the default S is committed::
 Every function has reserved concurrency from a parameter (``CoordinatorConcurrency``,
 ``AllocatorConcurrency``, ``ProcessorConcurrency`` per slot), so one batch cannot starve the account; the
 allocator and processor limits also reach the functions as environment variables, and the coordinator
-shapes or refuses each batch's tree to fit them (`squash.concurrency`). The defaults reserve
+shapes or refuses each batch's tree to fit them (`squash.runtime.concurrency`). The defaults reserve
 ``10 + 100 + 500`` executions at most, leaving an account at the default quota of 1,000 the 100 unreserved
 that Lambda requires.
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from squash.index import Index
     from squash.pipeline import build_index
     from squash.search.params import SearchParams
-    from squash.search.result import SearchResult
+    from squash.search.result import Hits, SearchResult
 
 __version__ = "0.1.0"
 
@@ -35,6 +35,7 @@ _LAZY = {
     "Index": "squash.index",
     "SearchParams": "squash.search.params",
     "SearchResult": "squash.search.result",
+    "Hits": "squash.search.result",
     "build_index": "squash.pipeline",
 }
 
@@ -43,6 +44,7 @@ __all__ = [
     "Client",
     "CorruptObjectError",
     "FilterError",
+    "Hits",
     "IncompleteResultError",
     "Index",
     "IndexChangedError",

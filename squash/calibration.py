@@ -32,7 +32,7 @@ from squash.model import IndexMeta, Metric, PartitionData
 from squash.search.effort import KINDS, TOP_RUNG, kind_of, rung_knobs, selectivities
 from squash.search.engine import search
 from squash.search.prepared import PreparedPartition
-from squash.search.queries import compile_filters
+from squash.search.queries import FilterSet
 
 DEFAULT_TARGET = 0.95
 K = 10
@@ -169,7 +169,7 @@ def _filtered_sample(
         expr, mask = filters.around(anchor, share)
         if mask.sum() < K:
             continue
-        (compiled,) = compile_filters(expr, 1, meta)
+        (compiled,) = FilterSet.from_user(expr, 1).compile(meta)
         if kind_of(selectivities(meta, [compiled])[0]) != kind:
             continue
         kept.append(int(rows[i]))

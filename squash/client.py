@@ -1,37 +1,37 @@
 """``squash.Client``: query a stored index, embedded in this process or through deployed functions.
 
-Both modes run the same coordinator -> allocator -> processor code (`squash.handlers`) and exchange the same
-JSON events (`squash.protocol`); only the `Invoker` differs: threads here, or AWS Lambda.
+Both modes run the same coordinator -> allocator -> processor code (`squash.runtime`) and exchange the same
+JSON events (`squash.runtime.protocol`); only the `Invoker` differs: threads here, or AWS Lambda.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
-from squash.compute.base import Invoker, call
+from squash.compute.base import Invoker
 from squash.compute.retry import Deadline, FanOut, RetryBudget, RetryPolicy, retrying
 from squash.config import RuntimeConfig
 from squash.errors import IncompleteResultError, InvalidInputError, InvocationTimeoutError, SquashError
-from squash.protocol import (
+from squash.runtime.calls import call
+from squash.runtime.protocol import (
     COUNTERS,
     MAX_COUNTERS,
     MAX_TIMEOUT,
     ROLES,
     CoordinatorRequest,
     CoordinatorResponse,
-    FilterSet,
     IndexRef,
     Missing,
     split_request,
 )
-from squash.search.result import SearchResult
-from squash.tree import TreeShape
+from squash.runtime.tree import TreeShape
+from squash.search.queries import FilterSet
+from squash.search.result import Hits, SearchResult
 from squash.validation import as_vectors
 
 # Function names a deployed coordinator's response may report metrics for (its slot count is not known here);
@@ -39,25 +39,6 @@ from squash.validation import as_vectors
 _DEPLOYED_FUNCTIONS = 128
 # Seconds a query may take, end to end, unless the caller passes ``timeout``.
 DEFAULT_TIMEOUT = 60.0
-
-
-@dataclass(frozen=True)
-class Hits:
-    """The answer to one query: ``ids`` int64 (k,) padded with -1, ``distances`` float32 (k,) ascending,
-    ``stats`` (the :data:`squash.search.result.STAT_FIELDS` counters of this query), run ``info``, and the
-    calibrated ``recall_estimate`` of its effort (1.0 when ``exact``: provably equal to brute force)."""
-
-    ids: NDArray[np.int64]
-    distances: NDArray[np.float32]
-    stats: dict[str, int]
-    info: dict[str, float]
-    complete: bool = True
-    recall_estimate: float = float("nan")
-    exact: bool = False
-
-    def __len__(self) -> int:
-        """Results found (k unless fewer vectors match)."""
-        return int((self.ids >= 0).sum())
 
 
 class Client:
@@ -101,7 +82,7 @@ class Client:
         invoker: Invoker | None = None,
         lambda_client: Any = None,
     ) -> None:
-        from squash.compute.inprocess import InProcessInvoker
+        from squash.runtime.inprocess import InProcessInvoker
 
         conflicts = [
             (
@@ -163,11 +144,7 @@ class Client:
             raise InvalidInputError(
                 f"query takes one vector (d,), got shape {np.shape(vector)}; use query_batch for (nq, d)"
             )
-        result = self.query_batch(np.asarray(vector)[None, :], k, filter, **options)
-        stats = {name: int(values[0]) for name, values in result.stats.items()}
-        complete = True if result.complete is None else bool(result.complete[0])
-        estimate = float("nan") if result.recall_estimate is None else float(result.recall_estimate[0])
-        return Hits(result.ids[0], result.distances[0], stats, result.info, complete, estimate, bool(result.exact[0]))
+        return self.query_batch(np.asarray(vector)[None, :], k, filter, **options)[0]
 
     def query_batch(
         self,
@@ -207,7 +184,7 @@ class Client:
             (retries the retry budget refused; the client's own retries of the coordinator included); per role
             ``<role>.<counter>`` (for example ``processor.cache_hits``, ``allocator.seconds``,
             ``processor.max_seconds``); per function ``function.<name>.<counter>``. Counters are listed in
-            `squash.protocol.COUNTERS`. ``complete`` (bool (nq,)) is False only for the queries that missed
+            `squash.runtime.protocol.COUNTERS`. ``complete`` (bool (nq,)) is False only for the queries that missed
             a partition, which ``allow_partial=True`` alone lets through.
         """
         started = time.perf_counter()

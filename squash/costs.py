@@ -4,7 +4,7 @@ cost of a batch = Σ_functions [ GB × billed seconds × price per GB-s + invoca
 + cold starts × INIT seconds × GB × price per GB-s + invocations × log bytes per invocation × price per
 log GB ] + GETs × price per GET + LISTs × price per LIST,
 
-from the per-function counters the runtime reports (`squash.protocol.COUNTERS`: ``billed_ms``, ``memory_mb``,
+from the per-function counters the runtime reports (`squash.runtime.protocol.COUNTERS`: ``billed_ms``, ``memory_mb``,
 ``invocations``, ``cold``, ``gets``, ``lists``). Divide by the batch's queries for $ per query.
 """
 
@@ -31,7 +31,7 @@ class Prices:
     defaults to 0; set it (e.g. 150 ms, a typical Python zip cold start) to charge one per cold invocation.
 
     ``log_bytes_per_invocation`` is a measurement, not a price: what one warm invocation writes to CloudWatch
-    Logs, its `squash.lambda_app` log line and EMF blob (about 750 bytes) plus Lambda's START, END and REPORT
+    Logs, its `squash.runtime.lambda_app` log line and EMF blob (about 750 bytes) plus Lambda's START, END and REPORT
     lines (about 270). tests/test_lambda_app.py measures it and fails when it drifts. Logs GB are 10^9 bytes.
     """
 

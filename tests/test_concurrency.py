@@ -12,12 +12,12 @@ import pytest
 from test_runtime import Built, _build, _same
 
 import squash
-from squash.compute.faults import FaultInjectingInvoker
-from squash.compute.inprocess import InProcessInvoker
-from squash.concurrency import fit_shape, tree_nodes
 from squash.config import RuntimeConfig
 from squash.errors import InvalidInputError, LimitExceededError
-from squash.tree import TreeShape
+from squash.runtime.concurrency import fit_shape, tree_nodes
+from squash.runtime.faults import FaultInjectingInvoker
+from squash.runtime.inprocess import InProcessInvoker
+from squash.runtime.tree import TreeShape
 
 K = 10
 

@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 
 import squash
-from squash.compute.inprocess import InProcessInvoker
 from squash.config import RuntimeConfig
 from squash.errors import AccessDeniedError, IndexNotFoundError, InvalidInputError
-from squash.handlers import _STORES_KEPT, HandlerContext, handle
 from squash.pipeline import build_index
+from squash.runtime.context import _STORES_KEPT, HandlerContext
+from squash.runtime.dispatch import handle
+from squash.runtime.inprocess import InProcessInvoker
 from squash.storage import ObjectStore, open_store
 
 EVENTS = Path(__file__).parent / "events"

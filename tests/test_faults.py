@@ -22,8 +22,6 @@ from test_runtime import Built, _build, _payload, _same, _stubbed_lambda
 import squash
 from squash.compute.aws_lambda import LambdaInvoker
 from squash.compute.base import remote_error
-from squash.compute.faults import FaultInjectingInvoker, InvokeFault
-from squash.compute.inprocess import InProcessInvoker
 from squash.compute.retry import Deadline, RetryBudget, RetryPolicy, retryable, retrying
 from squash.config import RuntimeConfig
 from squash.errors import (
@@ -38,14 +36,15 @@ from squash.errors import (
     ThrottledInvocationError,
     WorkerCrashedError,
 )
-from squash.protocol import FilterSet
-from squash.search.engine import group_by_partition
+from squash.runtime.faults import FaultInjectingInvoker, InvokeFault
+from squash.runtime.inprocess import InProcessInvoker
+from squash.runtime.tree import TreeShape
+from squash.search.orchestrate import group_by_partition
 from squash.search.params import SearchParams
 from squash.search.plan import plan_queries
-from squash.search.queries import prepare_queries
+from squash.search.queries import FilterSet, prepare_queries
 from squash.storage import open_store
 from squash.storage.faults import Fault, FaultInjectingStore
-from squash.tree import TreeShape
 
 NQ = 12
 K = 10

@@ -29,6 +29,7 @@ from squash.filter import (
     Or,
     compile_exprs,
     compile_filter,
+    group_of,
     parse_filter,
 )
 from squash.filter.batch import drivers_many, estimates_many, matches_many, partition_bounds_many
@@ -485,6 +486,18 @@ def test_matches_many_equals_matches_filter_by_filter(bits):
     want = np.concatenate([f.matches(codes, raw, r) for f, r in zip(filters, rows, strict=True)])
     np.testing.assert_array_equal(got, want)
     assert want.any() and not want.all()
+
+
+def test_filter_groups_are_the_canonical_text_not_object_identity():
+    """Queries share filter work by an explicit group key: equal expressions (whatever their key order) are
+    one group even when compiled as separate objects; another operand is another group; None is no filter."""
+    schema, _ = dataset()
+    q, _ = quantized(8)
+    exprs = [{"flag": True, "normal": {"$lt": 0.2}}, {"normal": {"$lt": 0.2}, "flag": True}, {"normal": {"$lt": 0.3}}]
+    a, b, c, none = compile_exprs([*exprs, None], schema, q)
+    assert a is not b and a.group == b.group and isinstance(a.group, str)
+    assert c.group != a.group and group_of(none) is None and group_of(a) == a.group
+    assert compile_filter(exprs[1], schema, q).group == a.group  # compiled in another call: the same group
 
 
 def test_filter_keys_ignore_operands():

@@ -27,9 +27,10 @@ from hypothesis.extra import numpy as hnp
 import squash
 from squash.config import RuntimeConfig
 from squash.errors import InvalidInputError, LimitExceededError, SquashError
-from squash.handlers import HandlerContext, handle
 from squash.pipeline import build_index
-from squash.protocol import (
+from squash.runtime.context import HandlerContext
+from squash.runtime.dispatch import handle
+from squash.runtime.protocol import (
     MAX_BUDGET_MS,
     MAX_DIM,
     MAX_TIMEOUT,
@@ -37,15 +38,14 @@ from squash.protocol import (
     AllocatorResponse,
     CoordinatorRequest,
     CoordinatorResponse,
-    FilterSet,
     IndexRef,
     ProcessorRequest,
     ProcessorResponse,
 )
+from squash.runtime.tree import TreeShape
 from squash.search.params import MAX_K, SearchParams
-from squash.search.queries import MAX_BATCH, compile_filters
+from squash.search.queries import MAX_BATCH, FilterSet
 from squash.search.result import STAT_FIELDS
-from squash.tree import TreeShape
 from squash.validation import as_vectors
 
 DIM = 8
@@ -269,7 +269,7 @@ def _oracle_field(column: list[Any], ops: dict[str, Any]) -> np.ndarray:
 def test_filter_parser_on_random_json(index: Any, expr: Any, query: np.ndarray, k: int) -> None:
     local, x, attrs = index[1], index[3], index[4]
     try:
-        compile_filters([expr], 1, local.meta)
+        FilterSet.from_user([expr], 1).compile(local.meta)
     except SquashError:
         _count("filter.rejected")
         return

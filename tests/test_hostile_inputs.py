@@ -19,15 +19,17 @@ from hostile import nested_filter
 
 import squash
 from squash.compute.aws_lambda import LambdaInvoker
-from squash.compute.inprocess import InProcessInvoker
 from squash.config import RuntimeConfig
 from squash.errors import FilterError, InvalidInputError
 from squash.filter import MAX_DEPTH, compile_filter
-from squash.handlers import HandlerContext, handle
 from squash.pipeline import build_index
-from squash.protocol import MAX_TIMEOUT, CoordinatorRequest, FilterSet, IndexRef
+from squash.runtime.context import HandlerContext
+from squash.runtime.dispatch import handle
+from squash.runtime.inprocess import InProcessInvoker
+from squash.runtime.protocol import MAX_TIMEOUT, CoordinatorRequest, IndexRef
+from squash.runtime.tree import TreeShape
 from squash.search.params import SearchParams
-from squash.tree import TreeShape
+from squash.search.queries import FilterSet
 
 DIM = 8
 N = 300

@@ -34,7 +34,7 @@ def test_layer_bytecode_is_compiled_for_the_runtime(tmp_path: Path, monkeypatch:
     out = build_layer.build_layer("x86_64", tmp_path / "layer")
     site = out / "python"
     sources = sorted(site.rglob("*.py"))
-    assert any(path.parts[-2:] == ("squash", "handlers.py") for path in sources)
+    assert any(path.parts[-3:] == ("squash", "runtime", "dispatch.py") for path in sources)
     assert not (site / "squash" / "local").exists() and (site / "numpy" / "__init__.py").is_file()
     tag = f"cpython-{build_layer.PYTHON_VERSION.replace('.', '')}"
     for source in sources:

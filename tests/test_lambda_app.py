@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 
 import squash
-from squash import lambda_app
-from squash.compute.inprocess import InProcessInvoker
 from squash.config import RuntimeConfig
 from squash.costs import Prices
 from squash.errors import InvalidInputError, InvocationTimeoutError
-from squash.protocol import CoordinatorRequest, ProcessorRequest, ProcessorResponse
+from squash.runtime import lambda_app
+from squash.runtime.inprocess import InProcessInvoker
+from squash.runtime.protocol import CoordinatorRequest, ProcessorRequest, ProcessorResponse
 from squash.search.scan import search_partition
 
 REPO = Path(__file__).resolve().parents[1]

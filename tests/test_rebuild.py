@@ -17,9 +17,12 @@ import squash
 from squash.config import RuntimeConfig
 from squash.datasets import exact_knn
 from squash.errors import IndexChangedError
-from squash.handlers import HandlerContext, coordinate, process
 from squash.pipeline import build_index
-from squash.protocol import CoordinatorRequest, FilterSet, IndexRef, ProcessorRequest
+from squash.runtime.context import HandlerContext
+from squash.runtime.coordinator import coordinate
+from squash.runtime.processor import process
+from squash.runtime.protocol import CoordinatorRequest, IndexRef, ProcessorRequest
+from squash.search.queries import FilterSet
 from squash.storage import open_store
 
 DIM = 16
@@ -108,7 +111,7 @@ def test_deleted_index_is_not_found_rather_than_served_from_memory(tmp_path: Pat
 
 
 def _context(role: str) -> HandlerContext:
-    from squash.compute.inprocess import InProcessInvoker
+    from squash.runtime.inprocess import InProcessInvoker
 
     config = RuntimeConfig()
     return HandlerContext(role, role, config, InProcessInvoker(config))

@@ -25,10 +25,8 @@ from botocore.stub import Stubber
 
 import squash
 from squash.compute.aws_lambda import LambdaInvoker
-from squash.compute.inprocess import InProcessInvoker
 from squash.config import MAX_PAYLOAD, RuntimeConfig
 from squash.datasets import synthetic_clustered
-from squash.dre import LruCache
 from squash.errors import (
     IncompleteResultError,
     InvalidInputError,
@@ -39,19 +37,21 @@ from squash.errors import (
     ThrottledInvocationError,
 )
 from squash.pipeline import build_index
-from squash.protocol import (
+from squash.runtime.dre import LruCache
+from squash.runtime.inprocess import InProcessInvoker
+from squash.runtime.protocol import (
     AllocatorRequest,
     CoordinatorRequest,
-    FilterSet,
     IndexRef,
     ProcessorRequest,
     ProcessorResponse,
     pack_arrays,
     split_request,
 )
+from squash.runtime.tree import TreeShape, allocator_count, choose_shape
+from squash.search.queries import FilterSet
 from squash.storage import open_store
 from squash.storage.faults import Fault, FaultInjectingStore
-from squash.tree import TreeShape, allocator_count, choose_shape
 
 REPO = Path(__file__).resolve().parents[1]
 EVENTS = Path(__file__).parent / "events"
@@ -203,6 +203,25 @@ def test_default_tree_and_single_query(built: Built) -> None:
     assert hits.ids.shape == (5,) and len(hits) == 5
     assert hits.info["depth"] == 0 and hits.info["allocator.invocations"] == 0  # shortest path
     assert hits.stats["partitions"] == expected.stats["partitions"][0]
+
+
+def test_rows_of_a_result_are_views_with_their_own_figures(built: Built) -> None:
+    """``result[i]`` is query i's row (what `Client.query` returns), checked against the batch's arrays."""
+    filters = [None if i % 3 else {"color": "green"} for i in range(12)]
+    result = squash.Client(built.uri).query_batch(built.queries[:12], 5, filters, allow_partial=True)
+    rows = list(result)
+    assert len(rows) == len(result) == 12 and isinstance(rows[0], squash.Hits)
+    for i, row in enumerate(rows):
+        assert np.shares_memory(row.ids, result.ids) and np.shares_memory(row.distances, result.distances)
+        np.testing.assert_array_equal(row.ids, result.ids[i])
+        np.testing.assert_array_equal(row.distances, result.distances[i])
+        assert row.stats == {name: int(values[i]) for name, values in result.stats.items()}
+        assert row.exact == bool(result.exact[i]) and row.complete == bool(result.complete[i])
+        assert row.recall_estimate == float(result.recall_estimate[i]) or np.isnan(row.recall_estimate)
+        assert row.info is result.info and len(row) == int(result.counts[i])
+    np.testing.assert_array_equal(result[-1].ids, result.ids[11])
+    with pytest.raises(TypeError, match="indexed by an int"):
+        result[1:3]
 
 
 def test_knobs_reach_the_processors(built: Built) -> None:
@@ -717,7 +736,7 @@ def test_deployed_mode_end_to_end_on_the_local_stack(tmp_path: Path) -> None:
 
 def test_modelled_durations_follow_the_critical_path(built: Built) -> None:
     from squash.costs import Prices, estimate, metrics_from_info
-    from squash.handlers import MODEL_HOP_MS
+    from squash.runtime.context import MODEL_HOP_MS
 
     client = squash.Client(built.uri)
     result = client.query_batch(built.queries, 10, branching=2, depth=2)

@@ -10,7 +10,7 @@ from squash.datasets import exact_knn, synthetic_clustered
 from squash.index import Index
 from squash.search import prepared
 from squash.search.params import SearchParams
-from squash.search.queries import compile_filters
+from squash.search.queries import FilterSet
 
 K = 10
 
@@ -335,7 +335,7 @@ def test_candidates_for_many_filters_equal_each_filters_exact_matches(synth, mon
         {"a0": {"$gt": 2.0}},  # nothing
         {"$not": {"a0": {"$lt": 0.995}}},
     ]
-    filters = compile_filters(exprs, len(exprs), index.meta)
+    filters = FilterSet.from_user(exprs, len(exprs)).compile(index.meta)
     owner, rows = part.candidates_many(filters)
     assert (np.diff(owner) >= 0).all()
     for i, compiled in enumerate(filters):

@@ -29,10 +29,10 @@ from squash.bench.search import K, Workload, ground_truth
 from squash.client import Client
 from squash.costs import Prices, ec2_per_million, estimate, load_prices, metrics_from_info
 from squash.datasets import Dataset, shared_dataset, synthetic_clustered
-from squash.handlers import MODEL_HOP_MS
 from squash.pipeline import build_index
-from squash.protocol import ROLES
-from squash.tree import allocator_count
+from squash.runtime.context import MODEL_HOP_MS
+from squash.runtime.protocol import ROLES
+from squash.runtime.tree import allocator_count
 
 SHAPES = ((10, 1), (4, 2), (4, 3), (5, 3), (6, 3))
 QUICK_SHAPES = ((10, 1), (4, 2), (4, 3))

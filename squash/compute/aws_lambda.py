@@ -14,7 +14,7 @@ import json
 import threading
 from typing import Any
 
-from squash.compute.base import remote_error
+from squash.compute.base import encode_event, remote_error
 from squash.errors import (
     InvocationError,
     InvocationTimeoutError,
@@ -22,7 +22,6 @@ from squash.errors import (
     ThrottledInvocationError,
     WorkerCrashedError,
 )
-from squash.protocol import encode_event
 
 _THROTTLED = frozenset({"TooManyRequestsException", "EC2ThrottledException", "ThrottlingException"})
 _TOO_LARGE = frozenset({"RequestTooLargeException", "RequestEntityTooLargeException"})

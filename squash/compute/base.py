@@ -1,22 +1,18 @@
 """The `Invoker` interface: call a function by name with a JSON event and wait, or fail with a typed error.
 
-Implementations: `squash.compute.inprocess.InProcessInvoker` (threads in this process) and
+Implementations: `squash.runtime.inprocess.InProcessInvoker` (threads in this process) and
 `squash.compute.aws_lambda.LambdaInvoker` (AWS Lambda, or anything speaking its Invoke API). Both report
 a remote failure the same way, through `remote_error`, so callers handle one set of errors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import Any, Protocol, TypeVar
+import json
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from squash import errors
-from squash.compute.retry import Deadline
-from squash.errors import InvocationError, SquashError
-from squash.protocol import RESPONSES, Request
-
-T = TypeVar("T")
+from squash.errors import InvalidInputError, InvocationError, SquashError
 
 
 class Invoker(Protocol):
@@ -50,35 +46,16 @@ def remote_error(function: str, error_type: str, message: str) -> SquashError:
     return error
 
 
-def fan_out(calls: int, limit: int) -> ThreadPoolExecutor:
-    """A thread pool for one node's concurrent invocations, one thread per call up to ``limit``.
+def encode_event(event: Mapping[str, Any]) -> bytes:
+    """The payload of an event: strict JSON in UTF-8, as AWS Lambda's Invoke requires (no NaN or infinity).
 
-    Each invocation gets its own pool rather than sharing one: a node blocks on its children, so in
-    process a shared bounded pool could fill with waiting parents and deadlock.
+    Requests are validated when built, so a failure here is a value that slipped past those checks; it is
+    reported before sending rather than as Lambda's opaque ``InvalidRequestContentException``.
     """
-    return ThreadPoolExecutor(max_workers=max(1, min(calls, limit)), thread_name_prefix="squash-fan-out")
-
-
-def join(futures: Sequence[Future[T]]) -> list[T]:
-    """Results in order once every call has finished; the first failure in order is raised.
-
-    Waiting for all before raising means no call outlives the node that made it.
-    """
-    wait(futures)
-    return [f.result() for f in futures]
-
-
-def call(invoker: Invoker, function: str, request: Request, event: dict[str, Any], deadline: Deadline | None) -> Any:
-    """Invoke ``function`` with ``request`` (encoded as ``event``); decode and check the response.
-
-    The callee gets what is left until ``deadline`` as its ``budget_ms``, measured now, at each attempt: a
-    remaining time means the same on every machine, whatever its clock says.
-    """
-    if deadline is not None:
-        event = {**event, "budget_ms": deadline.budget_ms(function)}
-    response = RESPONSES[type(request)].from_event(invoker.invoke(function, event))
-    if response.ids.shape[0] != request.n_queries or response.ids.shape[1] != request.k:
-        raise InvocationError(
-            f"{function} answered {response.ids.shape} results for {request.n_queries} queries, k={request.k}"
-        )
-    return response
+    try:
+        return json.dumps(event, allow_nan=False, ensure_ascii=False).encode()
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError (a lone surrogate) is a ValueError
+        raise InvalidInputError(
+            f"{event.get('kind', 'event')}: not strict JSON ({exc}); every number must be finite and every "
+            "string valid Unicode"
+        ) from None

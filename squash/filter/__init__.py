@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
-from squash.filter.evaluate import FULL, NONE, PARTIAL, CompiledFilter, compile_exprs, compile_filter
-from squash.filter.parse import MAX_DEPTH, MAX_LEAVES, And, Compare, In, Not, Op, Or, Predicate, parse_filter
+from squash.filter.evaluate import FULL, NONE, PARTIAL, CompiledFilter, compile_exprs, compile_filter, group_of
+from squash.filter.parse import (
+    MAX_DEPTH,
+    MAX_LEAVES,
+    And,
+    Compare,
+    In,
+    Not,
+    Op,
+    Or,
+    Predicate,
+    canonical_filter,
+    parse_filter,
+)
 
 __all__ = [
     "FULL",
@@ -19,7 +31,9 @@ __all__ = [
     "Op",
     "Or",
     "Predicate",
+    "canonical_filter",
     "compile_exprs",
     "compile_filter",
+    "group_of",
     "parse_filter",
 ]

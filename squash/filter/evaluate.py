@@ -23,7 +23,7 @@ import numpy as np
 from squash.attributes import MAX_BITS, AttributeQuantizer, AttributeSchema, AttrType
 from squash.errors import InvalidInputError
 from squash.filter.interval import Conjuncts, conjunct_intervals
-from squash.filter.parse import And, Compare, In, Not, Op, Or, Predicate, parse_filter
+from squash.filter.parse import And, Compare, In, Not, Op, Or, Predicate, canonical_filter, parse_filter
 
 NONE, PARTIAL, FULL = np.uint8(0), np.uint8(1), np.uint8(2)
 _CODES = 2**MAX_BITS
@@ -80,17 +80,22 @@ class CompiledFilter:
         root: _Node | None = None,
         key: Hashable | None = None,
         shape: Hashable | None = None,
+        group: Hashable | None = None,
     ) -> None:
         """``root``, ``key``, ``shape``: the compiled tree and shapes when :func:`compile_many` built them.
 
         ``key`` is the predicate's shape (:func:`predicate_shape`) and ``shape`` its tree's
         (:func:`tree_shape`): filters with equal keys are evaluated together, equal shapes counted together.
+        ``group`` says which filters are the same filter, so a batch's queries share their work (matches,
+        estimates, bounds): the canonical JSON text when compiled from an expression (:func:`compile_exprs`),
+        else the predicate itself. Never None, which stands for "no filter" (:func:`group_of`).
         """
         self.predicate = predicate
         self.quantizer = quantizer
         self._root = _rows(_Compiler(quantizer).compile([predicate]), 1)[0] if root is None else root
         self.key = predicate_shape(predicate) if key is None else key
         self.shape = tree_shape(self._root) if shape is None else shape
+        self.group: Hashable = predicate if group is None else group
 
     @cached_property
     def intervals(self) -> Conjuncts:
@@ -287,13 +292,20 @@ def compile_exprs(
     """:func:`compile_filter` of every expression, same-shaped ones compiled together (:func:`compile_many`)."""
     if quantizer.schema is not schema and quantizer.schema != schema:
         raise InvalidInputError("the attribute quantizer was fitted for a different schema than the filter's")
+    texts = [canonical_filter(expr) for expr in exprs]  # only strict JSON passes, before any parsing
     predicates = [parse_filter(expr, schema) for expr in exprs]
     given = [i for i, predicate in enumerate(predicates) if predicate is not None]
     compiled = compile_many([p for p in predicates if p is not None], quantizer)
     out: list[CompiledFilter | None] = [None] * len(exprs)
     for i, f in zip(given, compiled, strict=True):
+        f.group = texts[i]  # its group: equal text, same filter (a str, whose hash Python keeps)
         out[i] = f
     return out
+
+
+def group_of(f: CompiledFilter | None) -> Hashable:
+    """The group key of a query's filter (None: no filter): queries with equal keys share filter work."""
+    return None if f is None else f.group
 
 
 def _combine(is_and: bool, children: list[_Node]) -> _Node:

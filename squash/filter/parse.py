@@ -17,6 +17,7 @@ booleans), as float64: exact for INT attributes, which are limited to +-2**53.
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 from collections.abc import Mapping
@@ -206,3 +207,28 @@ class _Parser:
             more = f", ... ({len(spec.categories)} in total)" if len(spec.categories) > 20 else ""
             raise FilterError(f"{path}: unknown category {value!r} of attribute {spec.name!r}; known: {shown}{more}")
         return float(code)
+
+
+def canonical_filter(expr: Any) -> str:
+    """A stable text form of a JSON filter, so equal filters compile once.
+
+    Only what strict JSON can carry passes: AWS Lambda refuses a payload holding NaN or infinity, and UTF-8
+    (hence any payload) cannot hold a lone surrogate, so such a filter fails here rather than in transit.
+    """
+    try:
+        text = json.dumps(expr, sort_keys=True, allow_nan=False, ensure_ascii=False)
+    except RecursionError:
+        raise FilterError(f"filter nested deeper than the limit of {MAX_DEPTH} levels; flatten it") from None
+    except (TypeError, ValueError) as exc:
+        raise FilterError(
+            f"filter is not strict JSON ({exc}); build it from dicts, lists, strings, booleans and finite numbers "
+            "(NaN and infinity never compare true, and a Lambda payload cannot carry them)"
+        ) from None
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        raise FilterError(
+            f"filter holds text that is not valid Unicode ({exc.reason} at {exc.object[exc.start : exc.end]!r}); "
+            "attribute names and categories are always valid UTF-8"
+        ) from None
+    return text

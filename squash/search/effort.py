@@ -111,10 +111,10 @@ class EffortGroup:
 
 def selectivities(meta: IndexMeta, filters: Sequence[CompiledFilter | None]) -> list[float | None]:
     """Each query's expected fraction of matching rows over the whole index (None: no filter)."""
-    distinct = list({id(f): f for f in filters if f is not None}.values())
+    distinct = list({f.group: f for f in filters if f is not None}.values())
     totals = estimates_many(distinct, meta.attr_histograms.sum(axis=0)) if distinct else np.zeros(0)
-    share = {id(f): float(t) / max(meta.n_vectors, 1) for f, t in zip(distinct, totals, strict=True)}
-    return [None if f is None else share[id(f)] for f in filters]
+    share = {f.group: float(t) / max(meta.n_vectors, 1) for f, t in zip(distinct, totals, strict=True)}
+    return [None if f is None else share[f.group] for f in filters]
 
 
 def effort_groups(

@@ -16,12 +16,12 @@ and Fashion-MNIST: more rows ranked exactly beat fewer rows bounded then ranked,
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
 
-from squash.filter import CompiledFilter
+from squash.filter import CompiledFilter, group_of
 from squash.model import Metric
 from squash.search.levels import QueryCodes, select_smallest
 from squash.search.params import SearchParams
@@ -108,7 +108,7 @@ def choose_lists(
     part: PreparedPartition,
     queries: NDArray[np.float32],
     filters: Sequence[CompiledFilter | None],
-    estimates: Mapping[int, float],
+    estimates: Mapping[Hashable, float],
     probes: NDArray[np.int32],
     k: int,
     params: SearchParams,
@@ -116,21 +116,21 @@ def choose_lists(
 ) -> _ListChoice:
     """Lists (and filter masks over their rows) for every query of ``queries``; ``probes`` lists at least.
 
-    ``estimates`` maps ``id(filter)`` to its expected matching rows in the partition.
+    ``estimates`` maps each filter's group (`CompiledFilter.group`) to its expected matching rows in the partition.
     """
     choice = _ListChoice(part, list_order(part, queries, metric), probes, params, k)
-    users: dict[int, int] = {}
+    users: dict[Hashable, int] = {}
     for compiled in filters:
-        users[id(compiled)] = users.get(id(compiled), 0) + 1
-    shares: dict[int, float] = {}
-    full: dict[int, tuple[NDArray[np.bool_], NDArray[np.int64]]] = {}
+        users[group_of(compiled)] = users.get(group_of(compiled), 0) + 1
+    shares: dict[Hashable, float] = {}
+    full: dict[Hashable, tuple[NDArray[np.bool_], NDArray[np.int64]]] = {}
     data = part.data
     scanned = float(choice.probes.mean()) * part.size / max(data.n_lists, 1)
     for i, compiled in enumerate(filters):
         if compiled is None:
             choice.unfiltered(i)
             continue
-        key = id(compiled)
+        key = compiled.group
         if key not in shares:
             shares[key] = estimates[key] / max(part.size, 1)
         per_query = max(scanned, choice.target / max(shares[key], 1e-9))

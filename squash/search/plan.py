@@ -128,10 +128,10 @@ def plan_queries(
     probes = list_counts(meta, queries, params.probe)
     ordered = np.take_along_axis(probes, order, axis=1)
     # Histogram bounds of every distinct filter in one batch (same-shaped filters share each numpy call).
-    distinct = list({id(f): f for f in filters if f is not None}.values())
+    distinct = list({f.group: f for f in filters if f is not None}.values())
     bounds = partition_bounds_many(distinct, meta.attr_histograms)
-    slot = {id(f): j for j, f in enumerate(distinct)}
-    row = np.array([slot.get(id(f), -1) for f in filters], dtype=np.int64)
+    slot = {f.group: j for j, f in enumerate(distinct)}
+    row = np.array([-1 if f is None else slot[f.group] for f in filters], dtype=np.int64)
     possible = np.repeat(meta.sizes.astype(np.int64)[None, :], nq, axis=0)  # (nq, P); no filter: every row
     possible[row >= 0] = bounds[1][row[row >= 0]]
     may = np.take_along_axis(possible > 0, order, axis=1)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from squash.errors import FilterError, InvalidInputError, LimitExceededError
-from squash.filter import MAX_DEPTH, CompiledFilter, compile_exprs
+from squash.filter import CompiledFilter, canonical_filter, compile_exprs, group_of
 from squash.model import IndexMeta, Metric
 from squash.validation import as_vectors
 
@@ -32,46 +33,53 @@ def prepare_queries(queries: object, meta: IndexMeta) -> NDArray[np.float32]:
     return q
 
 
-def canonical_filter(expr: Any) -> str:
-    """A stable text form of a JSON filter, so equal filters compile once.
+@dataclass(frozen=True, eq=False)
+class FilterSet:
+    """One filter per query, deduplicated: distinct JSON expressions and the index of each query's one.
 
-    Only what strict JSON can carry passes: AWS Lambda refuses a payload holding NaN or infinity, and UTF-8
-    (hence any payload) cannot hold a lone surrogate, so such a filter fails here rather than in transit.
-    """
-    try:
-        text = json.dumps(expr, sort_keys=True, allow_nan=False, ensure_ascii=False)
-    except RecursionError:
-        raise FilterError(f"filter nested deeper than the limit of {MAX_DEPTH} levels; flatten it") from None
-    except (TypeError, ValueError) as exc:
-        raise FilterError(
-            f"filter is not strict JSON ({exc}); build it from dicts, lists, strings, booleans and finite numbers "
-            "(NaN and infinity never compare true, and a Lambda payload cannot carry them)"
-        ) from None
-    try:
-        text.encode()
-    except UnicodeEncodeError as exc:
-        raise FilterError(
-            f"filter holds text that is not valid Unicode ({exc.reason} at {exc.object[exc.start : exc.end]!r}); "
-            "attribute names and categories are always valid UTF-8"
-        ) from None
-    return text
+    The one way from what a caller passes to compiled filters (``FilterSet.from_user(...).compile(meta)``),
+    in process and on the wire alike (requests carry ``exprs`` and ``of``)."""
 
+    exprs: tuple[Any, ...]
+    of: NDArray[np.int32]
 
-def compile_filters(filter: Any, nq: int, meta: IndexMeta) -> list[CompiledFilter | None]:
-    """One compiled filter per query: ``filter`` is None, one filter for all, or a list of nq filters.
+    @classmethod
+    def from_user(cls, filter: Any, n_queries: int) -> FilterSet:
+        """None, one filter for every query, or a sequence of one filter per query (as `Index.search`)."""
+        if isinstance(filter, Sequence) and not isinstance(filter, str | bytes):
+            if len(filter) != n_queries:
+                raise FilterError(
+                    f"got {len(filter)} filters for {n_queries} queries; pass one filter for all queries or "
+                    "one per query"
+                )
+            exprs: list[Any] = []
+            seen: dict[str, int] = {}
+            of = np.empty(n_queries, dtype=np.int32)
+            for i, expr in enumerate(filter):
+                # Round-trip through JSON so the sender holds exactly what receivers will see.
+                key = canonical_filter(expr)
+                if key not in seen:
+                    seen[key] = len(exprs)
+                    exprs.append(json.loads(key))
+                of[i] = seen[key]
+            return cls(tuple(exprs), of)
+        return cls((json.loads(canonical_filter(filter)),), np.zeros(n_queries, dtype=np.int32))
 
-    Equal filters share one compiled object, which lets processors share their candidate sets.
-    """
-    if isinstance(filter, Sequence) and not isinstance(filter, str | bytes):
-        if len(filter) != nq:
-            raise FilterError(
-                f"got {len(filter)} filters for {nq} queries; pass one filter for all queries or one per query"
-            )
-        exprs = list(filter)
-    else:
-        exprs = [filter] * nq
-    keys = [canonical_filter(expr) for expr in exprs]
-    unique = dict(zip(keys, exprs, strict=True))
-    compiled = compile_exprs(list(unique.values()), meta.schema, meta.attr_quantizer)
-    by_key = dict(zip(unique, compiled, strict=True))
-    return [by_key[key] for key in keys]
+    def per_query(self) -> list[Any]:
+        return [self.exprs[i] for i in self.of]
+
+    def compile(self, meta: IndexMeta) -> list[CompiledFilter | None]:
+        """One compiled filter per query, against ``meta``'s schema; filters of one group share one object.
+
+        Each distinct expression is compiled once (a decoded event may list one twice, and then its
+        compiled copies share too), which lets processors share their candidate sets.
+        """
+        shared: dict[Hashable, CompiledFilter | None] = {}
+        compiled = compile_exprs(list(self.exprs), meta.schema, meta.attr_quantizer)
+        distinct = [shared.setdefault(group_of(f), f) for f in compiled]
+        return [distinct[i] for i in self.of]
+
+    def take(self, rows: slice | NDArray[np.int64]) -> FilterSet:
+        """The filters of some queries, keeping only the expressions they use."""
+        used, of = np.unique(self.of[rows], return_inverse=True)
+        return FilterSet(tuple(self.exprs[i] for i in used), of.astype(np.int32).reshape(-1))

@@ -42,6 +42,26 @@ def calibrated_estimates(estimates: NDArray[np.float32], stats: dict[str, NDArra
     return np.where(provably_exact(stats), np.float32(1.0), estimates).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class Hits:
+    """One query's row of a `SearchResult` (``result[i]``, or `Client.query`'s answer): ``ids`` int64 (k,)
+    padded with -1 and ``distances`` float32 (k,) ascending, views into the batch's arrays; ``stats`` (the
+    :data:`STAT_FIELDS` counters of this query), the run's ``info``, and the calibrated ``recall_estimate`` of
+    its effort (1.0 when ``exact``: provably equal to brute force)."""
+
+    ids: NDArray[np.int64]
+    distances: NDArray[np.float32]
+    stats: dict[str, int]
+    info: dict[str, float]
+    complete: bool = True
+    recall_estimate: float = float("nan")
+    exact: bool = False
+
+    def __len__(self) -> int:
+        """Results found (k unless fewer vectors match)."""
+        return int((self.ids >= 0).sum())
+
+
 @dataclass
 class SearchResult:
     """``ids`` int64 (nq, k) padded with -1 and ``distances`` float32 (nq, k), ascending, padded with inf.
@@ -75,3 +95,19 @@ class SearchResult:
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
+
+    def __getitem__(self, i: int) -> Hits:
+        """The row view of query ``i`` (negative counts from the end; iterating yields every row in order)."""
+        if isinstance(i, bool) or not isinstance(i, int | np.integer):
+            raise TypeError(f"a SearchResult row is indexed by an int, got {type(i).__name__}")
+        ids = self.ids[i]  # IndexError past the end, which also ends iteration
+        stats = {name: int(values[i]) for name, values in self.stats.items()}
+        return Hits(
+            ids,
+            self.distances[i],
+            stats,
+            self.info,
+            True if self.complete is None else bool(self.complete[i]),
+            float("nan") if self.recall_estimate is None else float(self.recall_estimate[i]),
+            bool(provably_exact(stats)),
+        )

@@ -23,13 +23,13 @@ runs on the rows scanned and its survivors go straight to level 4.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
-from squash.filter import CompiledFilter
+from squash.filter import CompiledFilter, group_of
 from squash.filter.batch import estimates_many
 from squash.model import Metric
 from squash.search.levels import QueryCodes, select_smallest, tail_bounds
@@ -373,18 +373,19 @@ def search_partition(
     dists = np.full((nq, k), np.inf, dtype=np.float32)
     # Built on first need: groups answered by an exact scan (selective filters) never rotate queries.
     codes: QueryCodes | None = None
-    groups: dict[int, list[int]] = {}
+    groups: dict[Hashable, list[int]] = {}
     scanning: list[int] = []
-    distinct = list({id(f): f for f in filters if f is not None}.values())
+    distinct = list({f.group: f for f in filters if f is not None}.values())
     matching = estimates_many(distinct, part.histograms).tolist()
-    estimate = {id(f): m for f, m in zip(distinct, matching, strict=True)}
+    estimate = {f.group: m for f, m in zip(distinct, matching, strict=True)}
     expected = {key: _scans_lists(part, value, params) for key, value in estimate.items()}
-    expected[id(None)] = _scans_lists(part, None, params)
+    expected[None] = _scans_lists(part, None, params)
     for i, compiled in enumerate(filters):
-        if expected[id(compiled)]:
+        key = group_of(compiled)
+        if expected[key]:
             scanning.append(i)
         else:
-            groups.setdefault(id(compiled), []).append(i)
+            groups.setdefault(key, []).append(i)
     if scanning:
         qs = np.asarray(scanning, dtype=np.int64)
         probe = np.full(len(qs), params.probe, dtype=np.int32) if probes is None else probes[qs]
@@ -419,7 +420,7 @@ def search_partition(
     # or a partition too small for list scans), which takes every row.
     wide = np.flatnonzero((found > 0) & ~small).tolist()
     rest = [(filtered[g], matched[bounds[g] : bounds[g + 1]]) for g in wide]
-    unfiltered = groups.get(id(None))
+    unfiltered = groups.get(None)
     if unfiltered is not None:
         rest.append((unfiltered, np.arange(part.size, dtype=np.int64)))
         stats["filtered"][unfiltered] += part.size

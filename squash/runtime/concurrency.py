@@ -18,7 +18,7 @@ import math
 
 from squash.config import RuntimeConfig
 from squash.errors import LimitExceededError
-from squash.tree import TreeShape, choose_shape
+from squash.runtime.tree import TreeShape, choose_shape
 
 
 def tree_nodes(shape: TreeShape, n_queries: int) -> tuple[int, int]:

@@ -20,7 +20,8 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
 
-from squash import handlers
+from squash.runtime.context import HandlerContext
+from squash.runtime.dispatch import handle
 
 ENV_TRACING = "SQUASH_TRACING"
 NAMESPACE = "Squash"
@@ -70,7 +71,7 @@ def log_fields(role: str, request_id: str, counters: Mapping[str, float], event:
     return fields
 
 
-def lambda_handler(role: str, context: handlers.HandlerContext | None = None) -> LambdaHandler:
+def lambda_handler(role: str, context: HandlerContext | None = None) -> LambdaHandler:
     """The ``lambda_handler`` of ``role``, with its container state built now (at INIT on Lambda).
 
     ``context`` replaces `HandlerContext.from_env` (tests run the app against an in-process invoker).
@@ -81,7 +82,7 @@ def lambda_handler(role: str, context: handlers.HandlerContext | None = None) ->
     logger = Logger(service=f"squash-{role}", location=None, **({} if tracing else {"xray_trace_id": None}))
     metrics = Metrics(namespace=NAMESPACE, service=role)
     reported: dict[str, float] = {}
-    container = context or handlers.HandlerContext.from_env(role)
+    container = context or HandlerContext.from_env(role)
     container.emit = reported.update
 
     def handler(event: dict[str, Any], lambda_context: Any) -> dict[str, Any]:
@@ -89,7 +90,7 @@ def lambda_handler(role: str, context: handlers.HandlerContext | None = None) ->
         reported.clear()
         try:
             remaining_ms = lambda_context.get_remaining_time_in_millis()
-            response = handlers.handle(role, event, container, remaining_ms=remaining_ms)
+            response = handle(role, event, container, remaining_ms=remaining_ms)
         except Exception as exc:
             failure = {"request_id": lambda_context.aws_request_id, "role": role, "error": type(exc).__name__}
             logger.error("invocation failed", extra={**failure, "detail": str(exc)})

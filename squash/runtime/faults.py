@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from squash.compute.base import Invoker
-from squash.compute.inprocess import InProcessInvoker
 from squash.errors import SquashError
+from squash.runtime.inprocess import InProcessInvoker
 
 
 @dataclass(frozen=True)

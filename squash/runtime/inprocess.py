@@ -1,7 +1,7 @@
 """Functions run as threads of this process: the embedded mode, and the reference for every other invoker.
 
 Each invocation goes through exactly what runs on Lambda: the event is serialised as strict JSON and
-parsed again, dispatched to the same `squash.handlers` body, and its response serialised back; failures come
+parsed again, dispatched to the same `squash.runtime` body, and its response serialised back; failures come
 back through the same `remote_error` mapping, and payloads over the configured limit fail as on Lambda.
 
 Every function name has its own `HandlerContext`, the equivalent of one warm container's module state, so
@@ -17,11 +17,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from squash.compute.base import Invoker, remote_error
+from squash.compute.base import Invoker, encode_event, remote_error
 from squash.config import RuntimeConfig
 from squash.errors import InvocationError, LimitExceededError
-from squash.handlers import HandlerContext, handle
-from squash.protocol import encode_event
+from squash.runtime.context import HandlerContext
+from squash.runtime.dispatch import handle
 from squash.storage import ObjectStore, open_store
 
 
