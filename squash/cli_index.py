@@ -17,6 +17,7 @@ from squash.format.reader import list_versions, load_manifest
 from squash.format.writer import collect_garbage
 from squash.model import Metric
 from squash.pipeline import build_index
+from squash.search.effort import TOP_RUNG
 from squash.storage import open_store
 
 _AGE = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
@@ -145,9 +146,9 @@ def _calibration(calibration: Any) -> list[str]:
         "recall per effort rung (r0, r2, ...) on sample queries drawn from the index"
     ]
     for kind, rows in calibration["recall"].items():
-        table = ", ".join(f"r{rung} {mean:.3f} (>= {assured:.3f})" for rung, mean, assured in rows)
+        table = ", ".join(f"r{rung} {mean:.3f} (>= {assured:.3f})" for rung, mean, assured in rows) or "-"
         faster = calibration["exact_faster"].get(kind)
-        exact = f"; exact search faster from r{faster}" if faster is not None and faster <= rows[-1][0] else ""
+        exact = f"; the exact search is faster from r{faster} on" if faster is not None and faster <= TOP_RUNG else ""
         lines.append(f"  {kind:<10} {table}{exact} ({calibration['sample'][kind]} queries)")
     return lines
 
