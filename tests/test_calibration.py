@@ -235,3 +235,24 @@ def test_an_index_built_before_calibration_searches_with_the_knob_defaults(
     expected = search(index.meta, index.partition, queries[:20], k=K, filter=None, knobs={"probe": 32})
     np.testing.assert_array_equal(result.ids, expected.ids)  # SearchParams' defaults, as before calibration
     assert np.isnan(result.recall_estimate).all()
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        {"target": 0.95},
+        {"target": "x", "recall": {}, "exact_faster": {}},
+        {"target": 0.9, "recall": {"9%": []}, "exact_faster": {}},
+    ],
+)
+def test_a_malformed_calibration_is_a_corrupt_object(
+    clustered: tuple[squash.Index, np.ndarray, np.ndarray], stored: dict[str, Any]
+) -> None:
+    from dataclasses import replace
+
+    from squash.search.engine import search
+
+    index, _, queries = clustered
+    bad = replace(index.meta, params={**index.meta.params, "calibration": stored})
+    with pytest.raises(squash.CorruptObjectError, match="calibration"):
+        search(bad, index.partition, queries[:2], k=K, filter=None, knobs={})

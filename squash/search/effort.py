@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from squash.errors import CorruptObjectError
 from squash.filter import CompiledFilter
 from squash.filter.batch import estimates_many
 from squash.model import IndexMeta
@@ -79,8 +80,16 @@ class Calibration:
         stored = meta.params.get("calibration")
         if not isinstance(stored, Mapping):
             return None
-        recall = {kind: [(int(r), float(m), float(a)) for r, m, a in rows] for kind, rows in stored["recall"].items()}
-        return cls(float(stored["target"]), recall, {k: int(v) for k, v in stored["exact_faster"].items()})
+        try:
+            recall = {
+                str(kind): [(int(r), float(m), float(a)) for r, m, a in rows] for kind, rows in stored["recall"].items()
+            }
+            calibration = cls(float(stored["target"]), recall, {k: int(v) for k, v in stored["exact_faster"].items()})
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise CorruptObjectError(f"the index's calibration (manifest params) is malformed: {e!r}") from None
+        if not recall or set(recall) - set(KINDS):
+            raise CorruptObjectError(f"the index's calibration names kinds {sorted(recall)}; expected some of {KINDS}")
+        return calibration
 
     def _measured(self, kind: str) -> str:
         order = sorted(self.recall, key=lambda other: abs(KINDS.index(other) - KINDS.index(kind)))
