@@ -21,6 +21,7 @@ from squash.errors import IndexExistsError, InvalidInputError, PreconditionFaile
 from squash.format import partition_object, routing
 from squash.format.keys import (
     BUILD_PREFIX,
+    MANIFEST_PREFIX,
     build_id_of,
     build_time,
     manifest_key,
@@ -193,16 +194,17 @@ def collect_garbage(
         raise InvalidInputError(f"min_age must be a timedelta >= 0, got {min_age!r}")
     versions = list_versions(store)
     referenced = {load_manifest(store, v).build_id for v in versions[-keep:]}
-    keys = [manifest_key(v) for v in versions[:-keep]]
+    old = {manifest_key(v) for v in versions[:-keep]}
     cutoff = (now or datetime.now(UTC)) - min_age
-    for key in store.list(BUILD_PREFIX):
-        build_id = build_id_of(key)
+    # Sizes come with the listings: no request per object.
+    garbage = [info for info in store.list_info(MANIFEST_PREFIX) if info.key in old]
+    for info in store.list_info(BUILD_PREFIX):
+        build_id = build_id_of(info.key)
         if build_id is not None and build_id not in referenced and build_time(build_id) <= cutoff:
-            keys.append(key)
-    garbage = [store.head(key) for key in keys]
+            garbage.append(info)
     if not dry_run:
-        for key in keys:
-            store.delete(key)
+        for info in garbage:
+            store.delete(info.key)
     if isinstance(store, LocalStore):
         garbage += store.abandoned_writes(cutoff, delete=not dry_run)
     return garbage
