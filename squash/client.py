@@ -221,7 +221,11 @@ class Client:
     ) -> CoordinatorResponse:
         """Invoke the coordinator, retrying transient errors, waiting no longer than the deadline."""
         policy = RetryPolicy.of(self.config)
-        attempt = partial(call, self.invoker, self.function, part, event, deadline.earlier(self.config.deadline_margin))
+        callee = deadline.earlier(self.config.deadline_margin)
+        # Checked here, before a thread starts: a timeout too short to start anything fails the same way on
+        # any machine, not by whichever of the caller and the call thread loses a race.
+        callee.budget_ms(self.function)
+        attempt = partial(call, self.invoker, self.function, part, event, callee)
         (outcome,) = FanOut(
             [partial(retrying, attempt, policy, deadline, self.function, budget)], limit=1, deadline=deadline
         ).results()
