@@ -61,6 +61,26 @@ class QueryCodes:
         return ip_lower(q, cells.lo, cells.hi) if self.metric is Metric.IP else l2_lower(q, cells.lo, cells.hi)
 
     @cached_property
+    def weights(self) -> NDArray[np.float32]:
+        """(nq, D) float32 ``w`` such that a row's estimated score is ``alpha * norm + constant + w @ code``
+        (`squash.osq.scalar`): ``-2 q∘step`` for L2 and cosine (``alpha = 1``), ``-q∘step`` for ``ip``
+        (``alpha = 0``), over the rotated query ``q``."""
+        scale = -1.0 if self.metric is Metric.IP else -2.0
+        step = self.part.scalar.step.astype(np.float64)
+        return (scale * self.rotated.astype(np.float64) * step).astype(np.float32)
+
+    @cached_property
+    def constant(self) -> NDArray[np.float64]:
+        """(nq,) the per-query term of the estimated score: ``|q|^2 - 2 q.lo`` for L2 and cosine,
+        ``-q.lo - q.mean`` for ``ip``. Row-wise sums, so a query's terms never depend on its batch-mates."""
+        q = self.rotated.astype(np.float64)
+        lo = self.part.scalar.lo.astype(np.float64)
+        if self.metric is Metric.IP:
+            mean = self.part.data.osq.rotation.mean.astype(np.float64)
+            return -(q * lo).sum(axis=1) - (self.queries.astype(np.float64) * mean).sum(axis=1)
+        return (q * q).sum(axis=1) - 2.0 * (q * lo).sum(axis=1)
+
+    @cached_property
     def offset(self) -> NDArray[np.float32]:
         """Per-query constant of the bound: -q.mean for ``ip`` (q.x = (q @ V).z + q.mean), else 0."""
         if self.metric is not Metric.IP:

@@ -23,7 +23,8 @@ from numpy.typing import NDArray
 
 from squash.filter import CompiledFilter, group_of
 from squash.model import Metric
-from squash.search.levels import QueryCodes, select_smallest
+from squash.search.codescan import estimate_table, pair_estimates, rounding_margin, select_depth
+from squash.search.levels import QueryCodes
 from squash.search.params import SearchParams
 from squash.search.postings import concat_ranges
 from squash.search.prepared import PreparedPartition
@@ -172,37 +173,24 @@ def scan_lists(
     width = int(per_query.max()) if nq else 0
     column = np.cumsum(pair_len) - pair_len - np.repeat(np.cumsum(per_query) - per_query, counts)
     pair_at = pair_q * width + column
-    table = np.full((nq, width), np.inf, dtype=np.float32)
-    flat = table.reshape(-1)
-    # One float32 matrix-vector product per (query, list) pair, written in place. Every pair takes the same
-    # routine, so a row's bound never depends on which other queries share the batch (a matrix-matrix
-    # product rounds each row differently), and float32 reads half the bytes of a float64 copy: 2.1x
-    # faster per list at 1M x 128. Pairs go list by list, so a list shared by queries is read once.
-    lifted = codes.lifted[qs].astype(np.float32)
-    bounds = starts.tolist()
-    by_list = np.argsort(pair_list, kind="stable")
-    pairs = zip(pair_q[by_list].tolist(), pair_list[by_list].tolist(), pair_at[by_list].tolist(), strict=True)
-    for q, lst, at in pairs:
-        lo, hi = bounds[lst], bounds[lst + 1]
-        np.matmul(part.lifted[lo:hi], lifted[q], out=flat[at : at + hi - lo])
+    table = estimate_table(part, codes, qs, pair_q, pair_list, pair_at, width)
     scanned = per_query.copy()
     for j, mask in enumerate(choice.masks):
         if mask is not None:
             table[j, : len(mask)][~mask] = np.inf
             scanned[j] = int(np.count_nonzero(mask))
     stats["filtered"][qs] += scanned
-    # Each query keeps its own share of the rows it scanned: a depth set by its batch-mates would change
-    # its answer with the batch.
-    keep_each = np.maximum(max(params.hamming_floor, k), (params.prefix_keep * scanned).astype(np.int64))
-    keep = min(width, int(keep_each.max()) if nq else 0)
-    chosen = select_smallest(table, keep)
-    values = np.take_along_axis(table, chosen, 1)
-    if nq and keep > keep_each.min():
-        rank = np.argsort(np.argsort(values, axis=1, kind="stable"), axis=1, kind="stable")
-        values[rank >= keep_each[:, None]] = np.inf
-    found = np.isfinite(values)
-    at = np.arange(nq)[:, None] * width + chosen
-    pair = np.searchsorted(pair_at, at, side="right") - 1
-    rows = np.where(found, starts[pair_list[pair]] + (at - pair_at[pair]), -1)
+
+    def rows_at(q: NDArray[np.int64], col: NDArray[np.int64]) -> NDArray[np.int64]:
+        at = q * width + col
+        pair = np.searchsorted(pair_at, at, side="right") - 1
+        return starts[pair_list[pair]] + (at - pair_at[pair])
+
+    # Each query's depth is its own: one set by its batch-mates would change its answer with the batch.
+    depth = np.full(nq, max(params.hamming_floor, k), dtype=np.int64)
+    margin = rounding_margin(part, codes, qs)
+    chosen = select_depth(table, depth, margin, lambda q, col: pair_estimates(part, codes, qs[q], rows_at(q, col)))
+    found = chosen >= 0
+    rows = np.where(found, rows_at(np.arange(nq)[:, None], np.maximum(chosen, 0)), -1)
     stats["prefix"][qs] += found.sum(axis=1)
     return rows

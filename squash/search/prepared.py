@@ -12,6 +12,7 @@ from squash.filter import CompiledFilter
 from squash.filter.batch import drivers_many, matches_many
 from squash.model import PartitionData
 from squash.osq import CellTable, Rotation
+from squash.osq.scalar import ScalarCodes
 from squash.search.conjunctions import conjunction_matches
 from squash.search.postings import DriverBounds, Postings, concat_ranges, gather_runs, sorted_pairs
 
@@ -99,6 +100,7 @@ class PreparedPartition:
     vector_norms: NDArray[np.float32] = field(init=False)
     max_norm: float = field(init=False)
     cells: FlatCells = field(init=False)
+    scalar: ScalarCodes = field(init=False)
     _postings: dict[int, Postings] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -110,13 +112,16 @@ class PreparedPartition:
         )
         rotation = self.data.osq.rotation
         d0 = min(WIDE_PREFIX_DIMS if rotation.dim >= _WIDE_DATA else PREFIX_DIMS, rotation.dim)
-        self.lead = lead = RotationPrefix(rotation.mean, rotation.matrix[:, :d0])
+        self.lead = RotationPrefix(rotation.mean, rotation.matrix[:, :d0])
         # One pass over the raw vectors, block by block: leading rotated coordinates and squared norms.
         prefix, norms = [np.zeros((0, d0), dtype=np.float32)], [np.zeros(0)]
+        rotated = [np.zeros((0, rotation.dim), dtype=np.float32)]
         for i in range(0, self.size, _BLOCK_ROWS):
             block = self.data.vectors[i : i + _BLOCK_ROWS]
-            prefix.append(lead.apply(block))
+            rotated.append(rotation.apply(block))
+            prefix.append(rotated[-1][:, :d0])
             norms.append((block.astype(np.float64) ** 2).sum(axis=1))
+        self.scalar = ScalarCodes.encode(np.concatenate(rotated))
         self.lifted = np.ones((self.size, d0 + 2), dtype=np.float32)
         self.prefix = self.lifted[:, :d0]
         self.prefix[:] = np.concatenate(prefix)
