@@ -125,7 +125,7 @@ def test_recall_target_is_monotone(clustered: tuple[squash.Index, np.ndarray, np
 
 def test_effort_knobs_bypass_the_calibration(clustered: tuple[squash.Index, np.ndarray, np.ndarray]) -> None:
     index, _, queries = clustered
-    told = index.search(queries[:5], k=K, probe=1, hamming_floor=10)
+    told = index.search(queries[:5], k=K, probe=1, rerank_depth=10)
     assert np.isnan(told.recall_estimate).all()  # no calibration applies to hand-set effort
     assert np.all(index.search(queries[:5], k=K, exact=True).recall_estimate == 1.0)
 

@@ -159,7 +159,7 @@ vectors = st.one_of(
 )
 ks = st.one_of(st.integers(1, 20), st.integers(-2, MAX_K + 2), st.sampled_from([1.5, "10", None, True, np.int64(3)]))
 knobs = st.just({}) | st.dictionaries(
-    st.sampled_from(["rerank_factor", "max_partitions", "exact", "centroid_factor", "hamming_keep", "probe", "bogus"]),
+    st.sampled_from(["rerank_depth", "max_partitions", "exact", "centroid_factor", "probe_matches", "probe", "bogus"]),
     st.one_of(scalars, st.integers(-3, 5)),
     max_size=2,
 )

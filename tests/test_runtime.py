@@ -192,8 +192,8 @@ def test_tree_congruent_with_index_search(built: Built, shape: str, filters: str
 def test_default_tree_and_single_query(built: Built) -> None:
     client = squash.Client(built.uri)
     many = np.repeat(built.queries, 2, axis=0)  # 120 queries: 3 allocators by default
-    result = client.query_batch(many, 5, {"color": "green"}, rerank_factor=3)
-    _same(result, built.index.search(many, k=5, filter={"color": "green"}, rerank_factor=3))
+    result = client.query_batch(many, 5, {"color": "green"}, rerank_depth=30)
+    _same(result, built.index.search(many, k=5, filter={"color": "green"}, rerank_depth=30))
     assert (result.info["branching"], result.info["depth"]) == (3, 1)
 
     hits = client.query(built.queries[0], k=5)
@@ -416,7 +416,7 @@ def processor_event() -> dict[str, Any]:
     queries = np.arange(3 * DIM, dtype=np.float32).reshape(3, DIM)
     filters = FilterSet.from_user([{"price": 1}, None, {"price": 1}], 3)
     return ProcessorRequest(
-        IndexRef("memory://x", 2, BUILD), queries, filters, 10, {"rerank_factor": 3}, 4, np.array([1, 5, 2], np.int32)
+        IndexRef("memory://x", 2, BUILD), queries, filters, 10, {"rerank_depth": 30}, 4, np.array([1, 5, 2], np.int32)
     ).to_event()
 
 
@@ -438,7 +438,7 @@ def test_processor_request_round_trip(processor_event: dict[str, Any]) -> None:
         IndexRef("memory://x", 2, BUILD),
         4,
         10,
-        {"rerank_factor": 3},
+        {"rerank_depth": 30},
     )
     assert request.filters.exprs == ({"price": 1}, None) and request.filters.of.tolist() == [0, 1, 0]
     assert request.queries.dtype == np.float32 and request.queries[2, 0] == 2 * DIM
@@ -463,7 +463,7 @@ def test_processor_request_round_trip(processor_event: dict[str, Any]) -> None:
         ({"index": {"uri": "memory://x", "version": 2**70, "build": BUILD}}, "'index.version'"),
         ({"index": {"uri": "memory://x", "version": 1}}, "exactly the keys uri, version and build"),
         ({"knobs": {"no_such_knob": 1}}, "'knobs'"),
-        ({"knobs": {"rerank_factor": "2"}}, "'knobs'"),
+        ({"knobs": {"rerank_depth": "2"}}, "'knobs'"),
         ({"filters": []}, "'filters'"),
         ({"filters": [None]}, "'arrays.filter_of'"),
         ({"arrays": "not base64!"}, "'arrays'"),

@@ -189,7 +189,7 @@ def test_shared_filter_list_and_single_vector(synth):
         ({"k": 0}, InvalidInputError, "k must"),
         ({"k": 5000}, LimitExceededError, "limit"),
         ({"bogus_knob": 1}, InvalidInputError, "bogus_knob"),
-        ({"prefix_keep": 0}, InvalidInputError, "prefix_keep"),
+        ({"rerank_depth": 0}, InvalidInputError, "rerank_depth"),
     ],
 )
 def test_bad_requests_raise_clear_errors(synth, kwargs, error, match):
@@ -296,9 +296,9 @@ def test_benchmark_sweep_settings_are_valid_distinct_knobs():
 
 
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
-def test_selective_per_query_filters_are_exact_after_prefix_pruning(metric):
+def test_selective_per_query_filters_are_exact_after_bound_pruning(metric):
     # About 2,000 matches per query, 1,000 per partition: every partition holding one is scanned exactly, and
-    # its candidates (1,000 x 96 dimensions per query) go through the safe prefix-bound pruning first.
+    # its candidates (1,000 x 96 dimensions per query) go through the safe pruning by the codes' bound first.
     data = synthetic_clustered(16_000, 96, n_queries=30, clusters=20, attributes=1, seed=5)
     index = Index.build(data.base, data.attributes, metric=metric, partitions=2)
     starts = np.linspace(0.0, 0.875, 30)
@@ -359,7 +359,7 @@ def test_a_query_gets_the_same_answer_alone_as_in_any_batch(wide, filtered):
     queries = data.queries
     # 80% ranges: more matches than exact_threshold per partition, so filtered queries scan lists too.
     exprs = [{"a0": {"$gte": 0.008 * i, "$lt": 0.008 * i + 0.8}} for i in range(len(queries))] if filtered else None
-    knobs = {"probe": 3, "hamming_floor": 10, "prefix_keep": 0.02}  # shallow re-rank: depth decides answers
+    knobs = {"probe": 3, "rerank_depth": 10}  # shallow re-rank: depth decides answers
     batch = index.search(queries, k=K, filter=exprs, **knobs)
     assert (batch.stats["prefix"] > 0).all(), "every query should scan lists"
     for i in range(len(queries)):

@@ -38,7 +38,7 @@ TARGET = 0.95
 # How far the mean estimate may sit from the measured recall before it counts as a finding.
 ESTIMATE_TOLERANCE = 0.03
 # The effort knobs SearchParams defaulted to before the calibration: passing them bypasses it.
-OLD_DEFAULTS: dict[str, Any] = {"probe": 32, "probe_matches": 300, "hamming_floor": 200}
+OLD_DEFAULTS: dict[str, Any] = {"probe": 32, "probe_matches": 300, "rerank_depth": 200}
 MODES: tuple[tuple[str, dict[str, Any]], ...] = (("calibrated", {}), ("old defaults", OLD_DEFAULTS))
 TIMED_RUNS = 2
 

@@ -49,28 +49,23 @@ HNSW_GROWTH = 2.0
 NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 EFS = (10, 20, 40, 80, 160, 320, 640)
 # Squash knobs, roughly in increasing cost: probe (fine lists per query) and probe_matches (matches a
-# filtered query scans for) set the candidates, hamming_floor how many of them are ranked exactly;
+# filtered query scans for) set the candidates, rerank_depth how many of them are ranked exactly;
 # centroid_factor adds partitions for filtered queries. Steps are finer at the cheap end, where lists of
-# up to 768 rows put recall 0.95 between 4 and 16 lists. There, a small prefix_keep lets the floor set the
-# re-rank depth of list scans (at 1M, 2% of 6,144 scanned rows re-ranked 122 per query for no more recall
-# than 60), and the depth at 4 lists steps from 30 to 80 rows, where Fashion-MNIST crosses 0.95.
+# up to 768 rows put recall 0.95 between 4 and 16 lists on clustered data.
 SQUASH_SWEEP: tuple[dict[str, Any], ...] = (
-    {"probe": 4, "probe_matches": 30, "hamming_floor": 30, "prefix_keep": 0.005},
-    {"probe": 4, "probe_matches": 30, "hamming_floor": 40},
-    {"probe": 4, "probe_matches": 30, "hamming_floor": 50, "prefix_keep": 0.005},
-    {"probe": 4, "probe_matches": 30, "hamming_floor": 80},
-    {"probe": 6, "probe_matches": 45, "hamming_floor": 50},
-    {"probe": 8, "probe_matches": 60, "hamming_floor": 40, "prefix_keep": 0.01},
-    {"probe": 8, "probe_matches": 60, "hamming_floor": 60},
-    {"probe": 12, "probe_matches": 90, "hamming_floor": 60, "prefix_keep": 0.01},
-    {"probe": 12, "probe_matches": 90, "hamming_floor": 80},
-    {"probe": 16, "probe_matches": 120, "hamming_floor": 100},
-    {"probe": 24, "probe_matches": 200, "hamming_floor": 150},
-    {"probe": 32, "probe_matches": 300, "hamming_floor": 200},
-    {"probe": 48, "probe_matches": 400, "hamming_floor": 300},
-    {"probe": 64, "probe_matches": 600, "hamming_floor": 400},
-    {"probe": 128, "probe_matches": 1000, "centroid_factor": 1.5, "hamming_floor": 600},
-    {"probe": 256, "probe_matches": 2000, "centroid_factor": 2.0, "hamming_floor": 1000},
+    {"probe": 4, "probe_matches": 30, "rerank_depth": 20},
+    {"probe": 4, "probe_matches": 30, "rerank_depth": 40},
+    {"probe": 6, "probe_matches": 45, "rerank_depth": 30},
+    {"probe": 8, "probe_matches": 60, "rerank_depth": 20},
+    {"probe": 8, "probe_matches": 60, "rerank_depth": 40},
+    {"probe": 12, "probe_matches": 90, "rerank_depth": 30},
+    {"probe": 16, "probe_matches": 120, "rerank_depth": 30},
+    {"probe": 24, "probe_matches": 200, "rerank_depth": 40},
+    {"probe": 32, "probe_matches": 300, "rerank_depth": 40},
+    {"probe": 48, "probe_matches": 400, "rerank_depth": 50},
+    {"probe": 64, "probe_matches": 600, "rerank_depth": 60},
+    {"probe": 128, "probe_matches": 1000, "centroid_factor": 1.5, "rerank_depth": 80},
+    {"probe": 256, "probe_matches": 2000, "centroid_factor": 2.0, "rerank_depth": 120},
 )
 QUICK_SWEEP = tuple(knobs for knobs in SQUASH_SWEEP if knobs["probe"] in (8, 16, 32, 64))
 
@@ -471,25 +466,20 @@ _SHORT = {
     "probe_matches": "pm",
     "centroid_factor": "cf",
     "max_partitions": "mp",
-    "prefix_keep": "pk",
-    "rerank_factor": "rf",
-    "hamming_floor": "floor",
+    "rerank_depth": "depth",
 }
 
 
 def knob_label(knobs: dict[str, Any]) -> str:
-    """Short label of a sweep setting, e.g. ``probe=8 pm=60 floor=60``."""
+    """Short label of a sweep setting, e.g. ``probe=8 pm=60 depth=40``."""
     return " ".join(f"{_SHORT.get(k, k)}={v}" for k, v in knobs.items())
 
 
 def build_squash(base: NDArray[Any], columns: Columns, sweep: Sequence[dict[str, Any]], seed: int) -> System:
     start = time.perf_counter()
     index = Index.build(base, columns, seed=seed)
-    names = index.meta.schema.names
     for pid in range(index.meta.n_partitions):
-        part = index.partition(pid)  # a warm index: derived structures built before any timing
-        for a, name in enumerate(names):
-            part.postings(a, name)
+        index.partition(pid)  # a warm index: partitions loaded and prepared before any timing
     build_s = time.perf_counter() - start
     settings: list[tuple[str, Any]] = []
     for knobs in sweep:

@@ -24,6 +24,23 @@ _U32 = 2.0**-24
 _LEVELS = 255
 
 
+# Rows of codes converted to float32 per product: 4 MB at D = 384, so a block stays in cache.
+_ROW_BLOCK = 2048
+# (query, row) pairs times dimensions per chunk of gathered codes: 4 MB of float32.
+_PAIR_CHUNK = 1 << 20
+
+
+def _product(
+    part: PreparedPartition, codes: QueryCodes, qs: NDArray[np.int64], rows: slice | NDArray[np.int64]
+) -> NDArray[np.float32]:
+    """Float32 estimated scores (len(qs), rows) of ``rows`` for queries ``qs``: one matrix product."""
+    block = codes.weights[qs] @ part.scalar.codes[rows].astype(np.float32).T
+    block += codes.constant[qs].astype(np.float32)[:, None]
+    if codes.metric is not Metric.IP:
+        block += part.scalar.norms[rows]
+    return block
+
+
 def estimate_table(
     part: PreparedPartition,
     codes: QueryCodes,
@@ -33,27 +50,46 @@ def estimate_table(
     pair_at: NDArray[np.int64],
     width: int,
 ) -> NDArray[np.float32]:
-    """(len(qs), width) estimated scores: pair j (query ``pair_q[j]``, list ``pair_list[j]``) writes its list's
-    rows from flat position ``pair_at[j]`` on; positions no pair writes stay inf."""
+    """(len(qs), width) estimated scores: pair j (query ``qs[pair_q[j]]``, list ``pair_list[j]``) writes its
+    list's rows from flat position ``pair_at[j]`` on; positions no pair writes stay inf. One product per list,
+    for all the queries that scan it."""
     starts = part.data.list_starts
     table = np.full((len(qs), width), np.inf, dtype=np.float32)
     flat = table.reshape(-1)
-    weights = codes.weights[qs]
-    constant = codes.constant[qs].astype(np.float32)
-    norms = None if codes.metric is Metric.IP else part.scalar.norms
     by_list = np.argsort(pair_list, kind="stable")
     lists, first = np.unique(pair_list[by_list], return_index=True)
     edges = np.append(first, len(by_list)).tolist()
     for j, lst in enumerate(lists.tolist()):
         pairs = by_list[edges[j] : edges[j + 1]]
         lo, hi = int(starts[lst]), int(starts[lst + 1])
-        users = pair_q[pairs]
-        block = weights[users] @ part.scalar.codes[lo:hi].astype(np.float32).T
-        block += constant[users, None]
-        if norms is not None:
-            block += norms[lo:hi]
+        block = _product(part, codes, qs[pair_q[pairs]], slice(lo, hi))
         flat[(pair_at[pairs, None] + np.arange(hi - lo)).ravel()] = block.ravel()
     return table
+
+
+def shared_estimates(
+    part: PreparedPartition, codes: QueryCodes, qs: NDArray[np.int64], rows: NDArray[np.int64]
+) -> NDArray[np.float32]:
+    """Float32 estimated scores (len(qs), len(rows)) of rows shared by queries ``qs``."""
+    out = np.empty((len(qs), len(rows)), dtype=np.float32)
+    for start in range(0, len(rows), _ROW_BLOCK):
+        out[:, start : start + _ROW_BLOCK] = _product(part, codes, qs, rows[start : start + _ROW_BLOCK])
+    return out
+
+
+def gathered_estimates(part: PreparedPartition, codes: QueryCodes, rows: NDArray[np.int64]) -> NDArray[np.float32]:
+    """Float32 estimated scores (nq, m) of each query's own rows ``rows[i]``: one matrix-vector product each."""
+    nq, m = rows.shape
+    out = np.empty((nq, m), dtype=np.float32)
+    step = max(1, _PAIR_CHUNK // max(m * part.scalar.codes.shape[1], 1))
+    constant = codes.constant.astype(np.float32)
+    for start in range(0, nq, step):
+        chunk = slice(start, start + step)
+        x = part.scalar.codes[rows[chunk]].astype(np.float32)
+        out[chunk] = np.matmul(x, codes.weights[chunk, :, None])[..., 0] + constant[chunk, None]
+    if codes.metric is not Metric.IP:
+        out += part.scalar.norms[rows]
+    return out
 
 
 def rounding_margin(part: PreparedPartition, codes: QueryCodes, qs: NDArray[np.int64]) -> NDArray[np.float64]:

@@ -39,7 +39,7 @@ _BASE_MATCHES = 150
 TOP_RUNG = 14
 EXACT = -1  # the rung of an exact search
 # Knobs that set effort directly: a query passing any of them is searched as told, not as calibrated.
-EFFORT_KNOBS = frozenset({"probe", "probe_matches", "hamming_floor", "prefix_keep", "exact", "centroid_factor"})
+EFFORT_KNOBS = frozenset({"probe", "probe_matches", "rerank_depth", "exact", "centroid_factor"})
 # Kinds of query the calibration measures: unfiltered, then filters by selectivity (matches / rows), with
 # the lower edge of each selectivity band (a filter counts as the nearest band at or below it).
 KINDS = ("unfiltered", "10%", "1%", "0.1%")
@@ -53,7 +53,7 @@ def rung_knobs(rung: int) -> dict[str, Any]:
     grow = 2.0 ** (rung / 2)
     return {
         "probe": round(_BASE_PROBE * grow),
-        "hamming_floor": round(_BASE_DEPTH * 2.0 ** (rung / 4)),
+        "rerank_depth": round(_BASE_DEPTH * 2.0 ** (rung / 4)),
         "probe_matches": round(_BASE_MATCHES * grow),
     }
 

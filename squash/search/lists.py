@@ -187,7 +187,7 @@ def scan_lists(
         return starts[pair_list[pair]] + (at - pair_at[pair])
 
     # Each query's depth is its own: one set by its batch-mates would change its answer with the batch.
-    depth = np.full(nq, max(params.hamming_floor, k), dtype=np.int64)
+    depth = np.full(nq, max(params.rerank_depth, k), dtype=np.int64)
     margin = rounding_margin(part, codes, qs)
     chosen = select_depth(table, depth, margin, lambda q, col: pair_estimates(part, codes, qs[q], rows_at(q, col)))
     found = chosen >= 0

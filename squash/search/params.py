@@ -28,16 +28,8 @@ class SearchParams:
             it over the whole index, in the partitions that own them; larger is slower and more exact.
         probe_matches: a filtered query scans further lists, nearest first, until they hold this many
             matching rows (at least k), so filtered recall holds at any selectivity.
-        hamming_keep: level 1 keeps this fraction of the candidates by Hamming distance of the leading
-            64 sign bits (1.0 turns the level off, the default: see the README's pruning table); it
-            applies to candidate sets, not to list scans, where the lists do the coarse pruning.
-        hamming_floor: levels 1 and 2 keep at least this many candidates per query and partition (never
-            fewer than k * rerank_factor); in list scans, the rows kept by the prefix bound go straight to
-            the exact re-rank, so this is the re-rank depth there.
-        prefix_keep: level 2 keeps this fraction of the candidates by the exact partial distance over the
-            leading (highest-energy) rotated dimensions, a lower bound on the full distance.
-        rerank_factor: level 3 keeps k * rerank_factor candidate-set rows by OSQ lower bound for the exact
-            re-rank (list scans skip the OSQ bound: an exact distance from warm memory costs less).
+        rerank_depth: the rows per query and partition ranked exactly on the original vectors, chosen by
+            their scalar-code estimate over every dimension (at least k).
         exact_threshold: a partition expected to hold at most this many matching rows finds them all
             through its attribute posting lists instead of scanning lists; when there are at most this
             many it ranks all of them exactly (cheaper than pruning, and exact).
@@ -51,10 +43,7 @@ class SearchParams:
     max_partitions: int | None = None
     probe: int = 32
     probe_matches: int = 300
-    hamming_keep: float = 1.0
-    hamming_floor: int = 200
-    prefix_keep: float = 0.02
-    rerank_factor: int = 2
+    rerank_depth: int = 40
     exact_threshold: int = 2000
     exact_budget: int = 5000
     exact: bool = False
@@ -70,10 +59,7 @@ class SearchParams:
             (self.max_partitions is None or self.max_partitions >= 1, "max_partitions must be >= 1 or None"),
             (self.probe >= 1, "probe must be >= 1"),
             (self.probe_matches >= 1, "probe_matches must be >= 1"),
-            (0.0 < self.hamming_keep <= 1.0, "hamming_keep must be in (0, 1]"),
-            (self.hamming_floor >= 1, "hamming_floor must be >= 1"),
-            (0.0 < self.prefix_keep <= 1.0, "prefix_keep must be in (0, 1]"),
-            (self.rerank_factor >= 1, "rerank_factor must be >= 1"),
+            (self.rerank_depth >= 1, "rerank_depth must be >= 1"),
             (self.exact_threshold >= 0, "exact_threshold must be >= 0"),
             (self.exact_budget >= 0, "exact_budget must be >= 0"),
         ]

@@ -11,20 +11,11 @@ from numpy.typing import NDArray
 from squash.filter import CompiledFilter
 from squash.filter.batch import drivers_many, matches_many
 from squash.model import PartitionData
-from squash.osq import CellTable, Rotation
 from squash.osq.scalar import ScalarCodes
 from squash.search.conjunctions import conjunction_matches
 from squash.search.postings import DriverBounds, Postings, concat_ranges, gather_runs, sorted_pairs
 
 _CODES = 256
-# Leading rotated dimensions kept exactly in memory for the prefix bound; the KLT packs most of the
-# energy there (SIFT: 81% in 32 of 128 dimensions, Fashion-MNIST: 83% in 32 of 784). Data of 512 or more
-# dimensions keeps 64: on Fashion-MNIST the 32-dimension bound lost true neighbours from the re-rank
-# depth (recall 0.964 at 16 lists; 64 dimensions: 0.972 at 8 lists, 12-15% faster at recall 0.95),
-# while at 128 dimensions 64 only slowed the scan (1M x 128: 1.45x slower at equal recall).
-PREFIX_DIMS = 32
-WIDE_PREFIX_DIMS = 64
-_WIDE_DATA = 512
 _BLOCK_ROWS = 16_384
 # Above this fraction of the partition, a full pass over the codes beats gathering posting lists.
 _INDEX_LOOKUP_LIMIT = 0.25
@@ -36,72 +27,27 @@ _BATCHED_LOOKUP = 4096
 _LOOKUP_BATCH_ROWS = 1 << 16
 
 
-@dataclass(frozen=True)
-class RotationPrefix:
-    """The first columns of a rotation: same arithmetic as :meth:`Rotation.apply`, fewer outputs."""
-
-    mean: NDArray[np.float32]
-    matrix: NDArray[np.float32]
-
-    apply = Rotation.apply
-    apply_direction = Rotation.apply_direction
-
-
-@dataclass(frozen=True)
-class FlatCells:
-    """The cells of the dimensions from ``first_dim`` on, concatenated without padding.
-
-    A bound table over these is (nq, total cells) instead of (nq, D, 256): 16x smaller at 4 bits per
-    dimension, which is what makes per-query tables cheap at high D. ``offsets[j]`` is where tail
-    dimension ``first_dim + j`` starts; a code ``c`` of that dimension reads column ``offsets[j] + c``.
-    """
-
-    first_dim: int
-    offsets: NDArray[np.int32]
-    dims: NDArray[np.int64]
-    lo: NDArray[np.float32]
-    hi: NDArray[np.float32]
-
-    @classmethod
-    def from_table(cls, table: CellTable, first_dim: int) -> FlatCells:
-        cells = 1 << table.bits[first_dim:].astype(np.int64)
-        offsets = (np.cumsum(cells) - cells).astype(np.int32)
-        dims = first_dim + np.repeat(np.arange(cells.shape[0]), cells)
-        column = np.arange(int(cells.sum())) - np.repeat(offsets, cells)
-        return cls(first_dim, offsets, dims, table.lo[dims, column], table.hi[dims, column])
-
-
 @dataclass
 class PreparedPartition:
-    """PartitionData plus what a warm container derives from it once.
+    """PartitionData plus what a warm container derives from it once, at load.
 
-    - ``prefix`` (n, d0): the rotated coordinates of the leading d0 dimensions (float32, as the rotation
-      rounds them, so exact), and ``prefix_norms`` their squared norms (rounded to float32), both views
-      of ``lifted`` (n, d0 + 2) = [prefix, prefix_norms, 1], whose product with a lifted query
-      (:attr:`QueryCodes.lifted`) is the prefix bound itself. List scans take one float32
-      matrix-vector product per (query, list) pair, so a query's bounds do not depend on which other
-      queries share the batch; the safe pruning of candidate sets takes float32 products too, its slack
-      covering their rounding;
+    - ``scalar``: one byte per rotated dimension of every row (`squash.osq.scalar`), the codes list scans
+      and candidate sets rank rows from before the exact re-rank;
     - ``list_norms``: squared norms of the fine-list centroids, for ranking lists per query;
     - ``vector_norms`` (float32 squared norms of the raw vectors) and ``max_norm``, for the float32
       screen ahead of the exact re-rank;
-    - code histograms, and per-attribute posting lists (rows sorted by value, built when a filter first
-      drives a lookup on the attribute: 12 ms and 12 bytes per row at 100k rows), so a selective filter
-      costs O(matches) instead of a pass over every row (low-selectivity and anti-correlated queries).
+    - code histograms, and per-attribute posting lists (rows sorted by value: 12 ms and 12 bytes per row
+      at 100k rows), so a selective filter costs O(matches) instead of a pass over every row
+      (low-selectivity and anti-correlated queries).
     """
 
     data: PartitionData
     histograms: NDArray[np.int64] = field(init=False)
-    lead: RotationPrefix = field(init=False)
-    lifted: NDArray[np.float32] = field(init=False)
-    prefix: NDArray[np.float32] = field(init=False)
-    prefix_norms: NDArray[np.float32] = field(init=False)
     list_norms: NDArray[np.float32] = field(init=False)
     vector_norms: NDArray[np.float32] = field(init=False)
     max_norm: float = field(init=False)
-    cells: FlatCells = field(init=False)
     scalar: ScalarCodes = field(init=False)
-    _postings: dict[int, Postings] = field(init=False, default_factory=dict)
+    _postings: list[Postings] = field(init=False)
 
     def __post_init__(self) -> None:
         codes = self.data.attr_codes
@@ -111,28 +57,24 @@ class PreparedPartition:
             else np.zeros((0, _CODES), dtype=np.int64)
         )
         rotation = self.data.osq.rotation
-        d0 = min(WIDE_PREFIX_DIMS if rotation.dim >= _WIDE_DATA else PREFIX_DIMS, rotation.dim)
-        self.lead = RotationPrefix(rotation.mean, rotation.matrix[:, :d0])
-        # One pass over the raw vectors, block by block: leading rotated coordinates and squared norms.
-        prefix, norms = [np.zeros((0, d0), dtype=np.float32)], [np.zeros(0)]
-        rotated = [np.zeros((0, rotation.dim), dtype=np.float32)]
+        # One pass over the raw vectors, block by block: rotated coordinates and squared norms.
+        rotated, norms = [np.zeros((0, rotation.dim), dtype=np.float32)], [np.zeros(0)]
         for i in range(0, self.size, _BLOCK_ROWS):
             block = self.data.vectors[i : i + _BLOCK_ROWS]
             rotated.append(rotation.apply(block))
-            prefix.append(rotated[-1][:, :d0])
             norms.append((block.astype(np.float64) ** 2).sum(axis=1))
         self.scalar = ScalarCodes.encode(np.concatenate(rotated))
-        self.lifted = np.ones((self.size, d0 + 2), dtype=np.float32)
-        self.prefix = self.lifted[:, :d0]
-        self.prefix[:] = np.concatenate(prefix)
-        self.prefix_norms = self.lifted[:, d0]
-        self.prefix_norms[:] = (self.prefix.astype(np.float64) ** 2).sum(axis=1)
         squared = np.concatenate(norms)
         self.vector_norms = squared.astype(np.float32)
         self.max_norm = float(np.sqrt(squared.max())) if self.size else 0.0
         centroids = self.data.list_centroids
         self.list_norms = np.einsum("ij,ij->i", centroids, centroids)
-        self.cells = FlatCells.from_table(self.data.osq.cells, first_dim=d0)
+        # Built at load, not on a filter's first use: the first filtered search after a load costs what a
+        # warm one does.
+        self._postings = [
+            Postings.build(codes[:, a], np.asarray(self.data.attr_raw[name]), self.histograms[a])
+            for a, name in enumerate(self.data.attr_raw)
+        ]
 
     @property
     def size(self) -> int:
@@ -141,16 +83,12 @@ class PreparedPartition:
     @property
     def nbytes(self) -> int:
         """Memory held: the partition's arrays plus what was derived from them (what a warm cache pays)."""
-        derived = [self.lifted, self.list_norms, self.vector_norms, self.histograms]
-        postings = sum(p.nbytes for p in self._postings.values())
-        return self.data.nbytes + postings + sum(int(a.nbytes) for a in derived)
+        derived = [self.list_norms, self.vector_norms, self.histograms]
+        postings = sum(p.nbytes for p in self._postings)
+        return self.data.nbytes + self.scalar.nbytes + postings + sum(int(a.nbytes) for a in derived)
 
-    def postings(self, attribute: int, name: str) -> Postings:
-        """Posting lists of attribute ``attribute`` (raw column ``name``), built on first use."""
-        if attribute not in self._postings:
-            codes = self.data.attr_codes[:, attribute]
-            values = np.asarray(self.data.attr_raw[name])
-            self._postings[attribute] = Postings.build(codes, values, self.histograms[attribute])
+    def postings(self, attribute: int) -> Postings:
+        """Posting lists of attribute ``attribute`` (rows sorted by value)."""
         return self._postings[attribute]
 
     def candidates_many(self, filters: Sequence[CompiledFilter]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
@@ -177,10 +115,9 @@ class PreparedPartition:
 
     def _conjunction_candidates(self, filters: Sequence[CompiledFilter]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """:meth:`candidates_many` for conjunctions of intervals, from every bounded attribute's postings."""
-        names = filters[0].quantizer.schema.names
         return conjunction_matches(
             filters,
-            lambda a: self.postings(a, names[a]),
+            self.postings,
             self.data.attr_raw,
             self.size,
             batched_lookup=_BATCHED_LOOKUP,
@@ -212,7 +149,7 @@ class PreparedPartition:
             compiled = filters[i]
             if lookup[i]:
                 pairs = slice(pair_at[i], pair_at[i + 1])
-                order = self._postings[int(attribute[i])].order  # built by _runs
+                order = self._postings[int(attribute[i])].order
                 rows = order[concat_ranges(starts[pairs], stops[pairs])].astype(np.int64)
                 rows = rows[compiled.matches(data.attr_codes, data.attr_raw, rows=rows)]
                 rows = np.sort(rows)
@@ -252,10 +189,9 @@ class PreparedPartition:
         starts = np.zeros(len(pair_filter), dtype=np.int64)
         stops = np.zeros(len(pair_filter), dtype=np.int64)
         pair_attribute = attribute[pair_filter]
-        names = filters[0].quantizer.schema.names if filters else ()
         for a in np.unique(pair_attribute).tolist():
             at = pair_attribute == a
-            starts[at], stops[at] = self.postings(a, names[a]).runs(pair_code[at], bounds, pair_filter[at])
+            starts[at], stops[at] = self.postings(a).runs(pair_code[at], bounds, pair_filter[at])
         return starts, stops
 
     def _gather(

@@ -1,23 +1,17 @@
 """Per-partition search: the processor's pure function over one partition and a batch of queries.
 
-Levels, in order (design/algorithm.md 5.3, with Squash's placement of the exact check):
+1. filter: three-valued states from attribute codes (posting lists for selective filters), and the exact
+   check of PARTIAL rows on raw values, so the candidates are exactly the matching rows; pruning never
+   spends its budget on rows that would fail, and a partition with m matches returns min(k, m) of them;
+2. estimate: every candidate's score from its scalar codes over every dimension (`squash.osq.scalar`),
+   one float32 product for the queries sharing it, keeping ``rerank_depth`` rows per query
+   (`squash.search.codescan`);
+3. re-rank: exact distances on the original vectors, and the best k are returned.
 
-0. filter: three-valued states from attribute codes (posting lists for selective filters), and the
-   exact check of PARTIAL rows on raw values, so the candidates are exactly the matching rows. The
-   design's level 4 (exact re-check) runs here, before pruning, so pruning never spends its budget
-   on rows that would fail and a partition with m matches always returns min(k, m) of them;
-1. sign-code Hamming distance keeps ``hamming_keep`` of the candidates (at least a floor);
-2. the prefix bound, the exact partial distance over the leading KLT dimensions (where the
-   rotation packs most of the energy), keeps ``prefix_keep`` of them with one matrix product;
-3. OSQ lower bounds (exact prefix + cell bounds over the remaining dimensions) keep
-   ``k * rerank_factor``;
-4. exact distances on the original vectors re-rank them, and the best k are returned.
-
-A partition with few candidates, or any partition in ``exact`` mode, skips the pruning levels
-and ranks every candidate exactly (after a safe prefix-bound pruning that cannot drop a top-k row).
-Queries without a filter, or whose filter is expected to match more than ``exact_threshold`` rows
-here, scan fine lists instead (:mod:`squash.search.lists`): the lists replace levels 0-1, level 2
-runs on the rows scanned and its survivors go straight to level 4.
+A partition with few candidates, or any partition in ``exact`` mode, skips the estimate and ranks every
+candidate exactly (after a safe pruning by the codes' distance bound that cannot drop a top-k row).
+Queries without a filter, or whose filter is expected to match more than ``exact_threshold`` rows here,
+scan fine lists instead (:mod:`squash.search.lists`): the lists replace level 1's candidate sets.
 """
 
 from __future__ import annotations
@@ -32,7 +26,8 @@ from numpy.typing import NDArray
 from squash.filter import CompiledFilter, group_of
 from squash.filter.batch import estimates_many
 from squash.model import Metric
-from squash.search.levels import QueryCodes, select_smallest, tail_bounds
+from squash.search.codescan import gathered_estimates, pair_estimates, rounding_margin, select_depth, shared_estimates
+from squash.search.levels import QueryCodes, select_smallest
 from squash.search.lists import choose_lists, scan_lists
 from squash.search.merge import merge_partials, top_k
 from squash.search.params import SearchParams
@@ -48,7 +43,7 @@ _PAIR_CHUNK = 1 << 17
 _SCREEN_FACTOR = 4
 # Queries per group when candidate sets of different widths are ranked together.
 _WIDTH_GROUP = 32
-# Exact scans prune by the prefix bound only when a query's widest set times the dimension exceeds this:
+# Exact scans prune by the codes' distance bound only when a query's widest set times the dimension exceeds this:
 # below it, ranking every candidate costs less than the pruning's extra passes (1M x 128, 100 rows).
 _PRUNE_WORK = 1 << 16
 # Up to this many (query, row) pairs, distances are computed directly rather than screened by a product.
@@ -186,7 +181,7 @@ def _exact_ragged(
 ) -> tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.int64]]:
     """Exact top-k for many small candidate sets at once: query ``qs[i]`` ranks the next ``sizes[i]`` of ``rows``.
 
-    The sets are padded side by side into one (queries, widest set) table, pruned safely by the prefix
+    The sets are padded side by side into one (queries, widest set) table, pruned safely by the codes'
     bound, and ranked in groups of similar width instead of a round of numpy calls per query. Returns
     (ids, distances, rows each query ranked exactly), in the order of ``qs``.
     """
@@ -198,7 +193,7 @@ def _exact_ragged(
     if metric is Metric.IP or table.shape[1] <= _SCREEN_FACTOR * k or work < _PRUNE_WORK:
         ids, dists = _finish(part, table, queries[qs], metric, k)
         return ids, dists, sizes
-    table = _prefix_pruned(part, table, queries[qs], metric, k)
+    table = _bound_pruned(part, table, queries[qs], metric, k)
     # Survivors left-aligned, queries ordered by how many survive: groups of similar width pad little.
     table = np.take_along_axis(table, np.argsort(table < 0, axis=1, kind="stable"), 1)
     widths = (table >= 0).sum(axis=1)
@@ -211,31 +206,25 @@ def _exact_ragged(
     return ids, dists, widths
 
 
-def _prefix_pruned(
+def _bound_pruned(
     part: PreparedPartition, rows: NDArray[np.int64], queries: NDArray[np.float32], metric: Metric, k: int
 ) -> NDArray[np.int64]:
     """The rows (nq, w <= m) of ``rows`` (nq, m) that can still be in each query's exact top-k (L2, cosine).
 
-    The prefix bound (exact distance over the leading rotated dimensions) never exceeds the full
-    distance. The exact distances of the 2k rows with the smallest bounds give each query a k-th
-    distance tau; a row whose bound exceeds tau cannot enter the top-k, so only the others are ranked
-    exactly: safe pruning, no recall lost. Bounds are float32 products (one matrix-vector product per
-    query, half the bytes of float64). The slack covers their error: the float32 rounding of the rotated
-    coordinates and of the rotation matrix (relative 1e-4 of tau, absolute 1e-6 r^2), and the float32
-    rounding of the lifted query and of the sum of d0 + 2 products, at most (d0 + 3) 2^-24 r^2 (4e-6 r^2
-    at d0 = 64), where r = |x| + |q| + 2 |mean| bounds |x - mean| + |q - mean| (the rotation centres
-    vectors); the absolute term is 1e-5 r^2.
+    A row's scalar codes bound its distance: ``|q - x| >= sqrt(estimate) - error`` (`squash.osq.scalar`),
+    the estimate lowered by its float32 rounding margin first. The exact distances of the 2k rows with the
+    smallest bounds give each query a k-th distance tau; a row whose bound exceeds tau cannot enter the
+    top-k, so only the others are ranked exactly: safe pruning, no recall lost. The slack covers the float32
+    rounding of the rotated coordinates and of the rotation matrix (relative 1e-4 of tau, absolute 1e-5 r^2,
+    where r = |x| + |q| + 2 |mean| bounds |x - mean| + |q - mean|: the rotation centres vectors).
     """
     valid = rows >= 0
     safe = np.where(valid, rows, 0)
-    q = part.lead.apply(queries).astype(np.float64)
-    lifted = np.hstack([-2.0 * q, np.ones((len(q), 1)), (q * q).sum(axis=1, keepdims=True)]).astype(np.float32)
-    bound = np.empty(rows.shape, dtype=np.float32)
-    step = max(1, 2 * _PAIR_CHUNK // max(rows.shape[1] * lifted.shape[1], 1))  # float32: twice the pairs per MB
-    for start in range(0, len(q), step):
-        chunk = slice(start, start + step)
-        bound[chunk] = np.matmul(part.lifted[safe[chunk]], lifted[chunk, :, None])[..., 0]
-    np.maximum(bound, 0.0, out=bound)
+    codes = QueryCodes(part, queries, metric)
+    everyone = np.arange(len(queries))
+    estimate = gathered_estimates(part, codes, safe) - rounding_margin(part, codes, everyone)[:, None]
+    reach = np.maximum(np.sqrt(np.maximum(estimate, 0.0)) - part.scalar.error[safe], 0.0)
+    bound = reach**2
     if metric is Metric.COSINE:
         bound *= 0.5  # unit vectors: |x - q|^2 = 2 (1 - cos)
     bound[~valid] = np.inf
@@ -245,88 +234,28 @@ def _prefix_pruned(
     exact[probe < 0] = np.inf
     tau = np.partition(exact, k - 1, axis=1)[:, k - 1]
     qnorm = np.sqrt((queries.astype(np.float64) ** 2).sum(axis=1))
-    reach = part.max_norm + qnorm + 2.0 * float(np.linalg.norm(part.lead.mean.astype(np.float64)))
-    slack = 1e-4 * tau + 1e-5 * reach**2
+    mean = float(np.linalg.norm(part.data.osq.rotation.mean.astype(np.float64)))
+    slack = 1e-4 * tau + 1e-5 * (part.max_norm + qnorm + 2.0 * mean) ** 2
     keep = bound <= (tau + slack)[:, None]
     width = max(int(keep.sum(axis=1).max()), 1)
     chosen = select_smallest(np.where(keep, bound, np.inf), width)
     return np.where(np.take_along_axis(keep, chosen, 1), np.take_along_axis(rows, chosen, 1), -1)
 
 
-def _prefix_bound(
-    part: PreparedPartition,
-    codes: QueryCodes,
-    qs: NDArray[np.int64],
-    rows: NDArray[np.int64],
-    metric: Metric,
-) -> NDArray[np.float32]:
-    """Exact partial distance over the leading rotated dimensions, (len(qs), m).
-
-    For L2 it is a lower bound on the full squared distance (the other terms are >= 0). Shared rows
-    (1-D) take one matrix product for the whole query group.
-    """
-    # float64 products rounded once keep the bound independent of how queries are batched, so a
-    # query gets the same answer alone, in a batch, or split across a tree of functions.
-    q = codes.prefix[qs]
-    x = part.prefix[rows].astype(np.float64)
-    if rows.ndim == 1:
-        dots = q @ x.T
-        if metric is Metric.IP:
-            return (-dots).astype(np.float32)
-        norms = part.prefix_norms[rows]
-        return (norms[None, :] - 2.0 * dots + (q * q).sum(axis=1)[:, None]).astype(np.float32)
-    if metric is Metric.IP:
-        return (-np.einsum("qmd,qd->qm", x, q)).astype(np.float32)
-    diff = x - q[:, None, :]
-    return np.einsum("qmd,qmd->qm", diff, diff).astype(np.float32)
-
-
-def _hamming_rows(
-    part: PreparedPartition, cand: NDArray[np.int64], codes: QueryCodes, qs: NDArray[np.int64], keep: int
-) -> NDArray[np.int64]:
-    """Level 1: rows (len(qs), keep) with the smallest Hamming distance over the leading 64 sign bits.
-
-    Only the leading word is used: the trailing dimensions carry little energy, and their sign bits
-    are noise that drowns the informative ones (measured in the README's pruning table).
-    """
-    words = part.data.signs[cand].view(np.uint64)[:, 0]
-    qwords = codes.signs[qs].view(np.uint64)[:, 0]
-    distance = np.bitwise_count(words[None, :] ^ qwords[:, None])
-    return cand[select_smallest(distance, keep)]
-
-
-def _pruned(
+def _shortlisted(
     part: PreparedPartition,
     cand: NDArray[np.int64],
     codes: QueryCodes,
     k: int,
     params: SearchParams,
-    metric: Metric,
-    stats: dict[str, NDArray[np.int64]],
     qs: NDArray[np.int64],
 ) -> NDArray[np.int64]:
-    """Levels 1-3 for queries ``qs`` sharing candidates ``cand``: rows (len(qs), k * R)."""
-    m = cand.shape[0]
-    keep_final = min(m, k * params.rerank_factor)
-    floor = max(params.hamming_floor, keep_final)
-    rows: NDArray[np.int64] = cand
-    keep = min(m, max(int(m * params.hamming_keep), floor))
-    if keep < m:
-        rows = _hamming_rows(part, cand, codes, qs, keep)
-    stats["hamming"][qs] += keep
-    keep = min(keep, max(int(m * params.prefix_keep), floor))
-    prefix = _prefix_bound(part, codes, qs, rows, metric)
-    if rows.ndim == 1:
-        rows = np.broadcast_to(rows, prefix.shape)
-    chosen = select_smallest(prefix, keep)
-    rows = np.take_along_axis(rows, chosen, 1)
-    stats["prefix"][qs] += keep
-    lower = np.take_along_axis(prefix, chosen, 1) + tail_bounds(part, codes.tail[qs], rows)
-    if metric is Metric.IP:
-        lower += codes.offset[qs]
-    rows = np.take_along_axis(rows, select_smallest(lower, keep_final), 1)
-    stats["bounded"][qs] += keep_final
-    return rows
+    """Rows (len(qs), depth) of candidates ``cand`` shared by queries ``qs``, ranked by scalar-code estimate."""
+    table = shared_estimates(part, codes, qs, cand)
+    depth = np.full(len(qs), max(params.rerank_depth, k), dtype=np.int64)
+    margin = rounding_margin(part, codes, qs)
+    chosen = select_depth(table, depth, margin, lambda q, col: pair_estimates(part, codes, qs[q], cand[col]))
+    return np.where(chosen >= 0, cand[np.maximum(chosen, 0)], -1)
 
 
 def _exact_scan(
@@ -435,7 +364,8 @@ def search_partition(
             continue
         if codes is None:
             codes = QueryCodes(part, queries, metric)
-        rows = _pruned(part, cand, codes, k, params, metric, stats, qs)
+        rows = _shortlisted(part, cand, codes, k, params, qs)
+        stats["prefix"][qs] += (rows >= 0).sum(axis=1)
         stats["reranked"][qs] += rows.shape[-1]
         clock.lap("bound")
         ids[qs], dists[qs] = _finish(part, rows, queries[qs], metric, k)
