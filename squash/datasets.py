@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +49,30 @@ def shared_dataset(name: str) -> Dataset | None:
             {n: ba[:, i] for i, n in enumerate(names)},
             {n: qa[:, i] for i, n in enumerate(names)},
         )
+    if name.startswith("debian-packages"):
+        return Dataset(name, base, queries, *_debian_attributes(path))
     return Dataset(name, base, queries)
+
+
+def _debian_attributes(path: Path) -> tuple[dict[str, NDArray[np.generic]], dict[str, NDArray[np.generic]]]:
+    """Base and query attributes of the Debian package set: section name, installed size (KiB), number of
+    dependencies, description length, team maintainer or not, and the role::program tag."""
+    codes = json.loads((path / "attr_codes.json").read_text())
+    sections = np.asarray(codes["sections"])
+    program = codes["tag_columns"].index("role::program")
+
+    def columns(rows: str) -> dict[str, NDArray[np.generic]]:
+        raw, tags = np.load(path / f"{rows}_attrs.npy"), np.load(path / f"{rows}_tags.npy")
+        return {
+            "section": sections[raw[:, 0]],
+            "installed_size": raw[:, 2].astype(np.int64),
+            "n_depends": raw[:, 3].astype(np.int64),
+            "description_chars": raw[:, 4].astype(np.int64),
+            "team": raw[:, 5].astype(bool),
+            "program": tags[:, program],
+        }
+
+    return columns("base"), columns("query")
 
 
 def synthetic_clustered(
@@ -79,6 +103,50 @@ def synthetic_clustered(
     attrs = {f"a{i}": rng.random(n) for i in range(attributes)}
     qattrs = {f"a{i}": rng.random(n_queries) for i in range(attributes)}
     return Dataset(f"synthetic-{n}x{dim}", base, queries, attrs, qattrs)
+
+
+def synthetic_flat_spectrum(
+    n: int,
+    dim: int = 768,
+    *,
+    n_queries: int = 1000,
+    clusters: int = 1000,
+    decay: float = 0.5,
+    spread: float = 0.6,
+    attributes: int = 4,
+    seed: int = 0,
+) -> Dataset:
+    """Unit vectors with a near-flat eigen-spectrum and cluster structure, like text embeddings.
+
+    Along a random rotation, component variances fall slowly, as i^-``decay``. At the defaults, 20,000
+    rows have the top 10 of 768 principal components hold 10% of the variance, 494 needed for 90% and a
+    participation ratio of 325 (the Debian e5-small set: 17%, 230 of 384, 154). Points scatter around
+    cluster centres drawn from the same anisotropic Gaussian, with ``spread`` times the centres' scale
+    (varying 0.5-1.5x per cluster), so the spectrum of the whole stays flat while each point has nearer
+    neighbours than a random pair. Rows are then normalised to unit length, and ``attributes`` uniform
+    [0, 1) attributes are drawn as in `synthetic_clustered`. Queries come from the same distribution and
+    are not base vectors. Deterministic given the arguments.
+    """
+    rng = np.random.default_rng(seed)
+    rotation = np.linalg.qr(rng.normal(size=(dim, dim)))[0].astype(np.float32)
+    scale = (np.arange(1, dim + 1) ** (-decay / 2)).astype(np.float32)  # standard deviations
+    centres = rng.normal(size=(clusters, dim)).astype(np.float32) * scale
+    spreads = (spread * rng.uniform(0.5, 1.5, size=clusters)).astype(np.float32)
+
+    def draw(count: int) -> NDArray[np.float32]:
+        out = np.empty((count, dim), dtype=np.float32)
+        for start in range(0, count, 50_000):
+            m = min(50_000, count - start)
+            c = rng.integers(0, clusters, size=m)
+            noise = rng.normal(size=(m, dim)).astype(np.float32) * scale * spreads[c, None]
+            block = (centres[c] + noise) @ rotation.T
+            out[start : start + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
+        return out
+
+    base, queries = draw(n), draw(n_queries)
+    attrs = {f"a{i}": rng.random(n) for i in range(attributes)}
+    qattrs = {f"a{i}": rng.random(n_queries) for i in range(attributes)}
+    return Dataset(f"flat-spectrum-{n}x{dim}", base, queries, attrs, qattrs)
 
 
 def exact_knn(

@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 from threadpoolctl import threadpool_limits
 
 from squash.bench.common import environment_header, markdown_table, recall_at_k
-from squash.bench.search import K, Workload, ground_truth
+from squash.bench.workloads import K, Workload, ground_truth
 from squash.client import Client
 from squash.costs import Prices, ec2_per_million, estimate, load_prices, metrics_from_info
 from squash.datasets import Dataset, shared_dataset, synthetic_clustered
@@ -181,9 +181,8 @@ def peer_qps(path: Path) -> tuple[str, float] | None:
     best = None
     for line in section.group(0).splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if len(cells) >= 5 and cells[0].startswith("4-attribute") and cells[1] not in ("Squash",):
-            if cells[1].startswith("**"):
-                continue
+        # Skip Squash's own rows (its curve, its default point) and the ratio rows (bold).
+        if len(cells) >= 5 and cells[0].startswith("4-attribute") and not cells[1].startswith(("Squash", "**")):
             value = cells[3].replace(",", "")
             if re.fullmatch(r"[0-9.]+", value) and (best is None or float(value) > best[1]):
                 best = (cells[1], float(value))
@@ -387,7 +386,7 @@ def update_readme(cost_md: str, search_dir: Path, cost_dir: Path, readme: Path =
     link = docs.relative_to(readme.parent).as_posix() if docs.is_relative_to(readme.parent) else docs.as_posix()
     (docs / "cost.md").write_text(cost_md)
     body = [
-        "Regenerate with `squash bench search` (about 20 min on 2 cores), then `squash bench cost --readme` "
+        "Regenerate with `squash bench search` (about 30 min on 2 cores), then `squash bench cost --readme` "
         f"(about 8 min), which rewrites this part and publishes the reports and plots to `{link}/`.\n"
     ]
     summary = search_dir / "summary.md"

@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 from threadpoolctl import threadpool_limits
 
 from squash.bench.common import environment_header, markdown_table, recall_at_k
-from squash.bench.search import Workload, check_results
+from squash.bench.workloads import Workload, check_results
 from squash.datasets import SHARED_DATA, exact_knn
 from squash.index import Index
 from squash.search.result import SearchResult
@@ -313,7 +313,7 @@ def false_exact(result: SearchResult, distances: NDArray[np.float64]) -> int:
 
 
 def _as_workload(filtering: Filtering, n: int) -> Workload:
-    """The filtering in the form `squash.bench.search.check_results` checks."""
+    """The filtering in the form `squash.bench.workloads.check_results` checks."""
     if filtering.masks[0] is None:
         return Workload(1.0, filtering.label, filtering.filters)
     distinct = {id(m): m for m in filtering.masks}
