@@ -134,16 +134,9 @@ def squash_series(partitions: int, sweep: Sequence[dict[str, Any]], quick: bool)
 
 
 def warm_up(index: Index) -> float:
-    """Prepare every partition and build every attribute's posting lists, as a warm container holds them;
-    returns the bytes that takes per vector (the sum of `PreparedPartition.nbytes`, what its cache counts)."""
-    names = index.meta.schema.names
-    total = 0
-    for pid in range(index.meta.n_partitions):
-        part = index.partition(pid)
-        for a, name in enumerate(names):
-            part.postings(a, name)
-        total += part.nbytes
-    return total / len(index)
+    """Load and prepare every partition (posting lists included), as a warm container holds them; returns
+    the bytes that takes per vector (the sum of `PreparedPartition.nbytes`, what its cache counts)."""
+    return sum(index.partition(pid).nbytes for pid in range(index.meta.n_partitions)) / len(index)
 
 
 def build_squash(
