@@ -1,4 +1,4 @@
-"""Build an index in memory: attributes, balanced partitions, per-partition OSQ.
+"""Build an index in memory: attributes, balanced partitions, per-partition KLT and scalar codes.
 
 This is the build-only path (it may use pyarrow through attribute normalisation); the storage
 pipeline writes its output, and :class:`squash.Index` searches it directly.
@@ -18,7 +18,8 @@ from squash.attributes import AttributeQuantizer, normalize_attributes
 from squash.calibration import DEFAULT_TARGET, calibrate, check_target
 from squash.errors import InvalidInputError
 from squash.model import IndexMeta, Metric, PartitionData
-from squash.osq import OSQ
+from squash.osq import fit_klt
+from squash.osq.scalar import ScalarCodes
 from squash.partition import balanced_kmeans, default_partitions, kmeans
 from squash.validation import as_vectors
 
@@ -100,7 +101,6 @@ def build_in_memory(
     *,
     metric: str | Metric = Metric.L2,
     partitions: int | None = None,
-    bits_per_dim: float = 4.0,
     seed: int = 0,
     workers: int | None = None,
     target_recall: float = DEFAULT_TARGET,
@@ -128,20 +128,19 @@ def build_in_memory(
         grouped, list_starts, list_centroids = fine_lists(x[rows], seed + pid)
         rows = rows[grouped]
         part = x[rows]
-        osq = OSQ.fit(part, bits_per_dim=bits_per_dim)
-        encoded = osq.encode(part)
+        rotation = fit_klt(part)
         kept = part if stored is x else np.ascontiguousarray(stored[rows])
         return PartitionData(
             partition=pid,
             ids=rows.astype(np.int64),
-            osq=osq,
-            segments=encoded.segments,
-            signs=encoded.signs,
+            rotation=rotation,
+            scalar=ScalarCodes.encode(rotation.apply(part)),
             attr_codes=np.ascontiguousarray(codes[rows]),
             attr_raw={name: np.ascontiguousarray(col[rows]) for name, col in raw.items()},
             vectors=kept,
             list_starts=list_starts,
             list_centroids=list_centroids,
+            vector_norms=(kept.astype(np.float64) ** 2).sum(axis=1).astype(np.float32),
         )
 
     # Partitions run in parallel threads; BLAS threads on top of them oversubscribe the cores
@@ -165,6 +164,6 @@ def build_in_memory(
         attr_histograms=histograms,
         attr_codes=tuple(part.attr_codes for part in parts),
         list_centroids=tuple(part.list_centroids for part in parts),
-        params={"bits_per_dim": float(bits_per_dim), "seed": int(seed), "partitions": int(p)},
+        params={"seed": int(seed), "partitions": int(p)},
     )
     return calibrate(meta, parts, x, raw, target=target_recall, seed=seed), parts

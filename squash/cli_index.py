@@ -44,7 +44,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     build.add_argument("--metric", default="l2", choices=[m.value for m in Metric])
     build.add_argument("--partitions", type=int, help="number of partitions (default: about 100k vectors each)")
-    build.add_argument("--bits-per-dim", type=float, default=4.0, help="average OSQ bits per dimension (default 4)")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument(
         "--target-recall", type=float, default=0.95, help="recall@10 the calibrated defaults aim for (default 0.95)"
@@ -94,7 +93,6 @@ def _build(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         metric=args.metric,
         partitions=args.partitions,
-        bits_per_dim=args.bits_per_dim,
         seed=args.seed,
         workers=args.workers,
         progress=not args.quiet,

@@ -74,7 +74,6 @@ class Index:
         *,
         metric: str = "l2",
         partitions: int | None = None,
-        bits_per_dim: float = 4.0,
         seed: int = 0,
         target_recall: float = 0.95,
     ) -> Index:
@@ -91,7 +90,6 @@ class Index:
             attributes,
             metric=metric,
             partitions=partitions,
-            bits_per_dim=bits_per_dim,
             seed=seed,
             target_recall=target_recall,
         )

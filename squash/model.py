@@ -7,7 +7,7 @@ them; none of the three needs to know how the others work.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
 from typing import Any
@@ -17,7 +17,8 @@ from numpy.typing import NDArray
 
 from squash.attributes import AttributeQuantizer, AttributeSchema
 from squash.errors import InvalidInputError
-from squash.osq import OSQ, SegmentLayout
+from squash.osq import Rotation
+from squash.osq.scalar import ScalarCodes
 
 
 class Metric(StrEnum):
@@ -45,24 +46,22 @@ class PartitionData:
 
     Rows are in partition order, grouped by fine list: list ``j`` (k-means inside the partition) is
     rows ``list_starts[j]:list_starts[j + 1]`` around ``list_centroids[j]``. ``ids`` maps rows to
-    global ids. ``vectors`` keeps the original values (uint8 data stays uint8) for the exact re-rank;
-    ``attr_raw`` the exact attribute values for the filter's exact check.
+    global ids. ``rotation`` is the partition's KLT and ``scalar`` the one-byte-per-dimension codes of its
+    rotated rows, what searches rank rows from; ``vectors`` keeps the original values (uint8 data stays
+    uint8) for the exact re-rank and ``vector_norms`` their squared norms; ``attr_raw`` the exact attribute
+    values for the filter's exact check.
     """
 
     partition: int
     ids: NDArray[np.int64]
-    osq: OSQ
-    segments: NDArray[np.uint8]
-    signs: NDArray[np.uint8]
+    rotation: Rotation
+    scalar: ScalarCodes
     attr_codes: NDArray[np.uint8]
     attr_raw: Mapping[str, NDArray[Any]]
     vectors: NDArray[Any]
     list_starts: NDArray[np.int64]
     list_centroids: NDArray[np.float32]
-    layout: SegmentLayout = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "layout", self.osq.layout)
+    vector_norms: NDArray[np.float32]
 
     @property
     def size(self) -> int:
@@ -76,15 +75,14 @@ class PartitionData:
     def nbytes(self) -> int:
         arrays = [
             self.ids,
-            self.segments,
-            self.signs,
             self.attr_codes,
             self.vectors,
+            self.vector_norms,
             self.list_starts,
             self.list_centroids,
             *self.attr_raw.values(),
         ]
-        return int(sum(a.nbytes for a in arrays))
+        return self.scalar.nbytes + int(sum(a.nbytes for a in arrays))
 
 
 @dataclass(frozen=True)

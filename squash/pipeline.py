@@ -23,7 +23,6 @@ from squash.format.reader import list_versions
 from squash.format.writer import check_writable, existing_version_error, write_index
 from squash.ingest import describe, merge_attributes, read_attributes, read_vectors
 from squash.model import Metric
-from squash.osq.bits import total_bit_budget
 from squash.storage import LocalStore, ObjectStore, as_store
 
 try:
@@ -85,7 +84,6 @@ def build_index(
     overwrite: bool = False,
     metric: str | Metric = "l2",
     partitions: int | None = None,
-    bits_per_dim: float = 4.0,
     seed: int = 0,
     workers: int | None = None,
     progress: bool = False,
@@ -131,9 +129,8 @@ def build_index(
 
     with _bar(progress, "check input", "rows") as bar:
         source = read_vectors(vectors, progress=bar.update)
-    n, d = source.vectors.shape
+    n = source.vectors.shape[0]
     attrs = merge_attributes(source, read_attributes(attributes, n))
-    total_bit_budget(bits_per_dim, d)
     if partitions is not None and partitions > n:
         raise InvalidInputError(f"partitions={partitions} exceeds the {n} vectors of {source.source}")
     read_done = time.perf_counter()
@@ -144,7 +141,6 @@ def build_index(
             attrs,
             metric=metric,
             partitions=partitions,
-            bits_per_dim=bits_per_dim,
             seed=seed,
             workers=workers,
             target_recall=target_recall,

@@ -51,20 +51,15 @@ def assert_same_meta(a: IndexMeta, b: IndexMeta) -> None:
 
 def assert_same_partition(a: PartitionData, b: PartitionData) -> None:
     assert a.partition == b.partition
-    for name in ("ids", "segments", "signs", "attr_codes", "vectors", "list_starts", "list_centroids"):
+    for name in ("ids", "attr_codes", "vectors", "vector_norms", "list_starts", "list_centroids"):
         assert_array_equal(getattr(a, name), getattr(b, name), strict=True, err_msg=name)
     assert list(a.attr_raw) == list(b.attr_raw)
     for name in a.attr_raw:
         assert_array_equal(a.attr_raw[name], b.attr_raw[name], strict=True, err_msg=name)
-    ra, rb = a.osq.rotation, b.osq.rotation
     for name in ("mean", "matrix", "eigenvalues"):
-        assert_array_equal(getattr(ra, name), getattr(rb, name), strict=True, err_msg=name)
-    for name in ("bits", "edges", "lo", "hi", "rep"):
-        assert_array_equal(getattr(a.osq.cells, name), getattr(b.osq.cells, name), strict=True, err_msg=name)
-    assert a.osq.unspent_bits == b.osq.unspent_bits
-    assert (a.osq.lloyd_iterations is None) == (b.osq.lloyd_iterations is None)
-    if a.osq.lloyd_iterations is not None:
-        assert_array_equal(a.osq.lloyd_iterations, b.osq.lloyd_iterations, strict=True)
+        assert_array_equal(getattr(a.rotation, name), getattr(b.rotation, name), strict=True, err_msg=name)
+    for name in ("lo", "step", "codes", "norms", "error"):
+        assert_array_equal(getattr(a.scalar, name), getattr(b.scalar, name), strict=True, err_msg=name)
 
 
 def assert_same_index(

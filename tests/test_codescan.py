@@ -45,7 +45,7 @@ def test_pair_estimates_are_the_distance_to_the_decoded_rows(part: tuple[Prepare
     if metric is Metric.COSINE:
         queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     codes = QueryCodes(prepared, queries, metric)
-    sc, rotation = prepared.scalar, prepared.data.osq.rotation
+    sc, rotation = prepared.data.scalar, prepared.data.rotation
     decoded = sc.lo.astype(np.float64) + sc.step.astype(np.float64) * sc.codes
     # Back to the original space: x̂ = mean + decoded @ V^T (the rotation is orthonormal).
     original = rotation.mean.astype(np.float64) + decoded @ rotation.matrix.astype(np.float64).T

@@ -189,7 +189,7 @@ def test_flipped_bytes_in_every_object_are_reported(index_a: Built) -> None:
 
     def load_ranged() -> None:
         index = open_index(store)
-        index.load_sections(1, ["ids", "segments"])
+        index.load_sections(1, ["ids", "scalar.codes"])
 
     _expect_corrupt(store, result.manifest_key, open_it)
     _expect_corrupt(store, manifest.routing.key, open_it)
@@ -199,7 +199,7 @@ def test_flipped_bytes_in_every_object_are_reported(index_a: Built) -> None:
     index = open_index(store)
     header = index.partition_header(1)
     original = store.get(part_key)
-    for name in ("ids", "segments"):
+    for name in ("ids", "scalar.codes"):
         s = header.sections[name]
         for pos in (s.offset, s.offset + s.nbytes // 2, s.end - 1):
             bad = bytearray(original)
@@ -415,4 +415,4 @@ def test_list_starts_that_do_not_cover_the_rows_are_corrupt(index_a: Built) -> N
     for bad in (part.list_starts[::-1].copy(), part.list_starts + 1):
         broken = dataclasses.replace(part, list_starts=bad)
         with pytest.raises(CorruptObjectError, match=r"lists\.starts"):
-            check_partition_shapes(broken, {"rows": part.size, "dim": part.osq.dim}, "part-x")
+            check_partition_shapes(broken, {"rows": part.size, "dim": part.rotation.dim}, "part-x")

@@ -490,7 +490,7 @@ def test_hostile_opening(index: Any, uri: Any, version: Any, function: Any, conf
     ),
     vectors=st.one_of(st.none(), hostile_arrays((30, 3)), hostile),
     options=st.dictionaries(
-        st.sampled_from(["partitions", "metric", "bits_per_dim", "seed"]), st.one_of(st.just(1), hostile), max_size=2
+        st.sampled_from(["partitions", "metric", "target_recall", "seed"]), st.one_of(st.just(1), hostile), max_size=2
     ),
     pipeline_options=st.dictionaries(
         st.sampled_from(["overwrite", "workers", "progress"]), st.one_of(st.just(1), hostile), max_size=2

@@ -41,12 +41,12 @@ def load_all(uri: str, version: int | None = None) -> tuple[Any, list[Any]]:
 def test_build_from_arrays_equals_in_memory_build(data: tuple[np.ndarray, dict[str, np.ndarray]]) -> None:
     x, attrs = data
     uri = memory_uri()
-    report = build_index(uri, x, attrs, partitions=3, metric="cosine", seed=5, bits_per_dim=3.0)
+    report = build_index(uri, x, attrs, partitions=3, metric="cosine", seed=5)
     assert (report.version, report.n_vectors, report.dim, report.n_partitions) == (1, N, D, 3)
     assert report.total_bytes == sum(report.partition_bytes) + report.routing_bytes + report.manifest_bytes
     assert report.bytes_per_vector == report.total_bytes / N
     assert set(report.seconds) == {"read", "build", "write", "total"}
-    expected = build_in_memory(x, attrs, partitions=3, metric="cosine", seed=5, bits_per_dim=3.0)
+    expected = build_in_memory(x, attrs, partitions=3, metric="cosine", seed=5)
     assert_same_index(*expected, *load_all(uri))
     assert open_index(uri).manifest.build["attributes"] == "dict of 3 columns"
 
@@ -113,7 +113,6 @@ def _bad_inputs(tmp_path: Path, x: np.ndarray, attrs: dict[str, np.ndarray]) -> 
         ("dtype", {"vectors": tmp_path / "complex.npy"}, "unsupported dtype complex128"),
         ("suffix", {"vectors": tmp_path / "v.txt"}, r"unknown type '\.txt'"),
         ("partitions", {"vectors": x, "partitions": N + 1}, "exceeds"),
-        ("bits", {"vectors": x, "bits_per_dim": 0.0}, "bits_per_dim"),
         ("metric", {"vectors": x, "metric": "hamming"}, "unknown metric"),
         ("workers", {"vectors": x, "workers": 0}, "workers"),
         (
@@ -176,8 +175,6 @@ def test_cli_build_and_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         out,
         "--partitions",
         "2",
-        "--bits-per-dim",
-        "3",
         "--target-recall",
         "0.9",
         "--quiet",
@@ -200,7 +197,6 @@ def test_cli_build_and_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         "bytes/vector",
         "color (category, 5 values)",
         "year (int)",
-        "bits_per_dim=3.0",
         "calibration  target recall@10 0.9",
         "  unfiltered r0 ",
     ):

@@ -171,7 +171,7 @@ class StoredIndex:
         header, arrays = unpack_all(_get_whole(self.store, entry), entry.key, partition_object.MAGIC)
         _check_pinned(entry, header)
         part = partition_object.decode_partition(header, arrays, entry.key)
-        if (part.partition, part.size, part.osq.dim, part.vectors.dtype.str) != (
+        if (part.partition, part.size, part.rotation.dim, part.vectors.dtype.str) != (
             partition,
             entry.rows,
             self.meta.dim,

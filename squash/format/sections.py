@@ -31,7 +31,7 @@ from numpy.typing import NDArray
 
 from squash.errors import CorruptObjectError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 ALIGNMENT = 64
 PREFIX_SIZE = 32
 # Far above any real header (a few KiB); a corrupt length field must not make a reader fetch gigabytes.

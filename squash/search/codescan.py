@@ -34,10 +34,10 @@ def _product(
     part: PreparedPartition, codes: QueryCodes, qs: NDArray[np.int64], rows: slice | NDArray[np.int64]
 ) -> NDArray[np.float32]:
     """Float32 estimated scores (len(qs), rows) of ``rows`` for queries ``qs``: one matrix product."""
-    block = codes.weights[qs] @ part.scalar.codes[rows].astype(np.float32).T
+    block = codes.weights[qs] @ part.data.scalar.codes[rows].astype(np.float32).T
     block += codes.constant[qs].astype(np.float32)[:, None]
     if codes.metric is not Metric.IP:
-        block += part.scalar.norms[rows]
+        block += part.data.scalar.norms[rows]
     return block
 
 
@@ -81,23 +81,23 @@ def gathered_estimates(part: PreparedPartition, codes: QueryCodes, rows: NDArray
     """Float32 estimated scores (nq, m) of each query's own rows ``rows[i]``: one matrix-vector product each."""
     nq, m = rows.shape
     out = np.empty((nq, m), dtype=np.float32)
-    step = max(1, _PAIR_CHUNK // max(m * part.scalar.codes.shape[1], 1))
+    step = max(1, _PAIR_CHUNK // max(m * part.data.scalar.codes.shape[1], 1))
     constant = codes.constant.astype(np.float32)
     for start in range(0, nq, step):
         chunk = slice(start, start + step)
-        x = part.scalar.codes[rows[chunk]].astype(np.float32)
+        x = part.data.scalar.codes[rows[chunk]].astype(np.float32)
         out[chunk] = np.matmul(x, codes.weights[chunk, :, None])[..., 0] + constant[chunk, None]
     if codes.metric is not Metric.IP:
-        out += part.scalar.norms[rows]
+        out += part.data.scalar.norms[rows]
     return out
 
 
 def rounding_margin(part: PreparedPartition, codes: QueryCodes, qs: NDArray[np.int64]) -> NDArray[np.float64]:
     """Per query, a bound on |float32 table estimate - float64 pair estimate|: the float32 product's error
     over D terms of at most 255 |w_d| each, and the rounding of the two additions."""
-    d = part.scalar.codes.shape[1]
+    d = part.data.scalar.codes.shape[1]
     terms = _LEVELS * np.abs(codes.weights[qs].astype(np.float64)).sum(axis=1)
-    largest = terms + float(part.scalar.norms.max(initial=0.0)) + np.abs(codes.constant[qs])
+    largest = terms + float(part.data.scalar.norms.max(initial=0.0)) + np.abs(codes.constant[qs])
     return 2.0 * (d + 3) * _U32 * largest
 
 
@@ -106,9 +106,9 @@ def pair_estimates(
 ) -> NDArray[np.float64]:
     """The estimated score of each (query, row) pair, computed pair by pair in float64."""
     w = codes.weights[queries].astype(np.float64)
-    out = np.einsum("pd,pd->p", w, part.scalar.codes[rows].astype(np.float64)) + codes.constant[queries]
+    out = np.einsum("pd,pd->p", w, part.data.scalar.codes[rows].astype(np.float64)) + codes.constant[queries]
     if codes.metric is not Metric.IP:
-        out += part.scalar.norms[rows]
+        out += part.data.scalar.norms[rows]
     return out
 
 

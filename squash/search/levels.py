@@ -22,7 +22,7 @@ class QueryCodes:
 
     @cached_property
     def rotated(self) -> NDArray[np.float32]:
-        rotation = self.part.data.osq.rotation
+        rotation = self.part.data.rotation
         return rotation.apply_direction(self.queries) if self.metric is Metric.IP else rotation.apply(self.queries)
 
     @cached_property
@@ -31,7 +31,7 @@ class QueryCodes:
         ``-2 q∘step`` for L2 and cosine (``alpha = 1``, the squared distance to the decoded row), ``-q∘step``
         for ``ip`` (``alpha = 0``, the negated inner product), over the rotated query ``q``."""
         scale = -1.0 if self.metric is Metric.IP else -2.0
-        step = self.part.scalar.step.astype(np.float64)
+        step = self.part.data.scalar.step.astype(np.float64)
         return (scale * self.rotated.astype(np.float64) * step).astype(np.float32)
 
     @cached_property
@@ -40,9 +40,9 @@ class QueryCodes:
         ``-q.lo - q.mean`` for ``ip`` (q.x = (q @ V).z + q.mean). Row-wise sums, so a query's terms never
         depend on its batch-mates."""
         q = self.rotated.astype(np.float64)
-        lo = self.part.scalar.lo.astype(np.float64)
+        lo = self.part.data.scalar.lo.astype(np.float64)
         if self.metric is Metric.IP:
-            mean = self.part.data.osq.rotation.mean.astype(np.float64)
+            mean = self.part.data.rotation.mean.astype(np.float64)
             return -(q * lo).sum(axis=1) - (self.queries.astype(np.float64) * mean).sum(axis=1)
         return (q * q).sum(axis=1) - 2.0 * (q * lo).sum(axis=1)
 

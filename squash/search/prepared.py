@@ -11,12 +11,10 @@ from numpy.typing import NDArray
 from squash.filter import CompiledFilter
 from squash.filter.batch import drivers_many, matches_many
 from squash.model import PartitionData
-from squash.osq.scalar import ScalarCodes
 from squash.search.conjunctions import conjunction_matches
 from squash.search.postings import DriverBounds, Postings, concat_ranges, gather_runs, sorted_pairs
 
 _CODES = 256
-_BLOCK_ROWS = 16_384
 # Above this fraction of the partition, a full pass over the codes beats gathering posting lists.
 _INDEX_LOOKUP_LIMIT = 0.25
 # Posting-list lookups of up to _BATCHED_LOOKUP rows are checked together, up to _LOOKUP_BATCH_ROWS rows
@@ -31,11 +29,8 @@ _LOOKUP_BATCH_ROWS = 1 << 16
 class PreparedPartition:
     """PartitionData plus what a warm container derives from it once, at load.
 
-    - ``scalar``: one byte per rotated dimension of every row (`squash.osq.scalar`), the codes list scans
-      and candidate sets rank rows from before the exact re-rank;
     - ``list_norms``: squared norms of the fine-list centroids, for ranking lists per query;
-    - ``vector_norms`` (float32 squared norms of the raw vectors) and ``max_norm``, for the float32
-      screen ahead of the exact re-rank;
+    - ``max_norm``, the largest norm of a raw vector, for the rounding margins of float32 screens;
     - code histograms, and per-attribute posting lists (rows sorted by value: 12 ms and 12 bytes per row
       at 100k rows), so a selective filter costs O(matches) instead of a pass over every row
       (low-selectivity and anti-correlated queries).
@@ -44,9 +39,7 @@ class PreparedPartition:
     data: PartitionData
     histograms: NDArray[np.int64] = field(init=False)
     list_norms: NDArray[np.float32] = field(init=False)
-    vector_norms: NDArray[np.float32] = field(init=False)
     max_norm: float = field(init=False)
-    scalar: ScalarCodes = field(init=False)
     _postings: list[Postings] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -56,17 +49,7 @@ class PreparedPartition:
             if codes.shape[1]
             else np.zeros((0, _CODES), dtype=np.int64)
         )
-        rotation = self.data.osq.rotation
-        # One pass over the raw vectors, block by block: rotated coordinates and squared norms.
-        rotated, norms = [np.zeros((0, rotation.dim), dtype=np.float32)], [np.zeros(0)]
-        for i in range(0, self.size, _BLOCK_ROWS):
-            block = self.data.vectors[i : i + _BLOCK_ROWS]
-            rotated.append(rotation.apply(block))
-            norms.append((block.astype(np.float64) ** 2).sum(axis=1))
-        self.scalar = ScalarCodes.encode(np.concatenate(rotated))
-        squared = np.concatenate(norms)
-        self.vector_norms = squared.astype(np.float32)
-        self.max_norm = float(np.sqrt(squared.max())) if self.size else 0.0
+        self.max_norm = float(np.sqrt(self.data.vector_norms.astype(np.float64).max(initial=0.0)))
         centroids = self.data.list_centroids
         self.list_norms = np.einsum("ij,ij->i", centroids, centroids)
         # Built at load, not on a filter's first use: the first filtered search after a load costs what a
@@ -83,9 +66,8 @@ class PreparedPartition:
     @property
     def nbytes(self) -> int:
         """Memory held: the partition's arrays plus what was derived from them (what a warm cache pays)."""
-        derived = [self.list_norms, self.vector_norms, self.histograms]
         postings = sum(p.nbytes for p in self._postings)
-        return self.data.nbytes + self.scalar.nbytes + postings + sum(int(a.nbytes) for a in derived)
+        return self.data.nbytes + postings + int(self.list_norms.nbytes + self.histograms.nbytes)
 
     def postings(self, attribute: int) -> Postings:
         """Posting lists of attribute ``attribute`` (rows sorted by value)."""

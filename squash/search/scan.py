@@ -139,7 +139,7 @@ def _screen_rows(
         screen = -screen
     else:
         margin = 2.0 * margin + 4.0 * queries.shape[1] * 2.0**-24 * (qnorm**2 + part.max_norm**2)
-        screen = part.vector_norms[safe] - 2.0 * screen
+        screen = part.data.vector_norms[safe] - 2.0 * screen
     screen[~valid] = np.inf
     kth = np.partition(screen, k - 1, axis=1)[:, k - 1]
     inside = screen <= (kth + 2.0 * margin)[:, None]
@@ -223,7 +223,7 @@ def _bound_pruned(
     codes = QueryCodes(part, queries, metric)
     everyone = np.arange(len(queries))
     estimate = gathered_estimates(part, codes, safe) - rounding_margin(part, codes, everyone)[:, None]
-    reach = np.maximum(np.sqrt(np.maximum(estimate, 0.0)) - part.scalar.error[safe], 0.0)
+    reach = np.maximum(np.sqrt(np.maximum(estimate, 0.0)) - part.data.scalar.error[safe], 0.0)
     bound = reach**2
     if metric is Metric.COSINE:
         bound *= 0.5  # unit vectors: |x - q|^2 = 2 (1 - cos)
@@ -234,7 +234,7 @@ def _bound_pruned(
     exact[probe < 0] = np.inf
     tau = np.partition(exact, k - 1, axis=1)[:, k - 1]
     qnorm = np.sqrt((queries.astype(np.float64) ** 2).sum(axis=1))
-    mean = float(np.linalg.norm(part.data.osq.rotation.mean.astype(np.float64)))
+    mean = float(np.linalg.norm(part.data.rotation.mean.astype(np.float64)))
     slack = 1e-4 * tau + 1e-5 * (part.max_norm + qnorm + 2.0 * mean) ** 2
     keep = bound <= (tau + slack)[:, None]
     width = max(int(keep.sum(axis=1).max()), 1)
