@@ -423,7 +423,7 @@ def processor_event() -> dict[str, Any]:
         queries,
         filters,
         10,
-        SearchParams(rerank_factor=3),
+        SearchParams(probe=3),
         4,
         np.array([1, 5, 2], np.int32),
     ).to_event()
@@ -447,7 +447,7 @@ def test_processor_request_round_trip(processor_event: dict[str, Any]) -> None:
         IndexRef("memory://x", 2, BUILD),
         4,
         10,
-        SearchParams(rerank_factor=3),
+        SearchParams(probe=3),
     )
     assert request.filters.exprs == ({"price": 1}, None) and request.filters.of.tolist() == [0, 1, 0]
     assert request.queries.dtype == np.float32 and request.queries[2, 0] == 2 * DIM

@@ -50,7 +50,8 @@ def _params(knobs: object, kind: str) -> SearchParams:
     """The search parameters of a request's ``knobs``, or an error naming the field."""
     if not isinstance(knobs, Mapping) or not all(isinstance(name, str) for name in knobs):
         raise fail(kind, "knobs", "must be an object of search parameters")
-    return _named(kind, "knobs", SearchParams.from_knobs, dict(knobs))  # type: ignore[no-any-return]
+    params: SearchParams = _named(kind, "knobs", SearchParams.from_knobs, dict(knobs))
+    return params
 
 
 @dataclass(frozen=True, eq=False)
