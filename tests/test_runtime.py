@@ -608,6 +608,24 @@ def test_each_event_is_encoded_once(built: Built, monkeypatch: pytest.MonkeyPatc
     assert sorted(encoded) == sorted(p["kind"] for p in invoker.payloads)
 
 
+def test_each_response_is_validated_once_where_it_arrives(built: Built, monkeypatch: pytest.MonkeyPatch) -> None:
+    invoker = _Recording()
+    client = squash.Client(built.uri, invoker=invoker)
+    client.query_batch(built.queries, 10, branching=2, depth=1)
+    invoker.payloads.clear()
+    checked: list[str] = []
+    check = squash.runtime.protocol.responses.check_metrics
+
+    def counting(metrics: Any, kind: str) -> None:
+        checked.append(kind)
+        check(metrics, kind)
+
+    monkeypatch.setattr(squash.runtime.protocol.responses, "check_metrics", counting)
+    client.query_batch(built.queries, 10, {"color": {"$in": ["red", "blue"]}}, branching=2, depth=1)
+    # Responses built, merged and concatenated by the functions themselves are not checked again.
+    assert sorted(checked) == sorted(p["kind"] for p in invoker.payloads if p["kind"].endswith("_response"))
+
+
 def test_payloads_carry_arrays_as_msgpack_not_json_lists(built: Built) -> None:
     invoker = _Recording()
     squash.Client(built.uri, invoker=invoker).query_batch(

@@ -52,7 +52,7 @@ MAX_COUNTERS = frozenset({"max_seconds", "memory_mb", "critical_ms"})
 MAX_FUNCTIONS = 128
 # Longest function name (a Lambda ARN with a qualifier is under 170 characters).
 MAX_NAME_CHARS = 170
-# Encoded bytes of one function's entry at most: its name and every counter as a float.
+# Encoded bytes allowed for one function's entry when sizing a response: its name and the counters that moved.
 BYTES_PER_FUNCTION = 1024
 # Totals a client's ``info`` sums over roles.
 _TOTALS = ("invocations", "cold", "warm", "gets", "bytes_read", "lists", "retries", "hedges", "retries_denied")
