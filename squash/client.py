@@ -19,14 +19,13 @@ from squash.config import RuntimeConfig
 from squash.errors import IncompleteResultError, InvalidInputError, InvocationTimeoutError, SquashError
 from squash.runtime.calls import call
 from squash.runtime.protocol import (
-    COUNTERS,
-    MAX_COUNTERS,
     MAX_TIMEOUT,
-    ROLES,
     CoordinatorRequest,
     CoordinatorResponse,
     IndexRef,
     Missing,
+    encode_event,
+    flatten_metrics,
     split_request,
 )
 from squash.runtime.tree import TreeShape
@@ -183,7 +182,8 @@ class Client:
             ``warm``, ``gets``, ``bytes_read``, ``lists``, ``retries``, ``hedges``, ``retries_denied``
             (retries the retry budget refused; the client's own retries of the coordinator included); per role
             ``<role>.<counter>`` (for example ``processor.cache_hits``, ``allocator.seconds``,
-            ``processor.max_seconds``); per function ``function.<name>.<counter>``. Counters are listed in
+            ``processor.max_seconds``); per function ``function.<name>.<counter>`` for the counters it did
+            not leave at zero. Counters are listed in
             `squash.runtime.protocol.COUNTERS`. ``complete`` (bool (nq,)) is False only for the queries that missed
             a partition, which ``allow_partial=True`` alone lets through.
         """
@@ -200,14 +200,15 @@ class Client:
             knobs,
             _shape(branching, depth),
         )
+        request.validate()  # the caller's batch enters here: nothing is sent that a function would refuse
         budget = RetryBudget.of(self.config)
         responses: list[CoordinatorResponse] = []
-        for part, event in split_request(request, self.config.payload_limit, self._functions):
+        for part, payload in split_request(request, self.config.payload_limit, self._functions):
             if responses:
                 # Later slices of a split batch must search the build the first one found.
                 part = replace(part, index=IndexRef(self.uri, responses[0].version, responses[0].build))
-                event = part.to_event()
-            responses.append(self._call(part, event, deadline, budget))
+                payload = encode_event(part.to_event())
+            responses.append(self._call(part, payload, deadline, budget))
         response = CoordinatorResponse.concat(responses)
         if response.missing and not allow_partial:
             raise _incomplete(response.missing)
@@ -217,7 +218,7 @@ class Client:
         )
 
     def _call(
-        self, part: CoordinatorRequest, event: dict[str, Any], deadline: Deadline, budget: RetryBudget
+        self, part: CoordinatorRequest, payload: bytes, deadline: Deadline, budget: RetryBudget
     ) -> CoordinatorResponse:
         """Invoke the coordinator, retrying transient errors, waiting no longer than the deadline."""
         policy = RetryPolicy.of(self.config)
@@ -225,7 +226,7 @@ class Client:
         # Checked here, before a thread starts: a timeout too short to start anything fails the same way on
         # any machine, not by whichever of the caller and the call thread loses a race.
         callee.budget_ms(self.function)
-        attempt = partial(call, self.invoker, self.function, part, event, callee)
+        attempt = partial(call, self.invoker, self.function, part, payload, callee)
         (outcome,) = FanOut(
             [partial(retrying, attempt, policy, deadline, self.function, budget)], limit=1, deadline=deadline
         ).results()
@@ -267,8 +268,8 @@ def _shape(branching: int | None, depth: int | None) -> TreeShape | None:
 
 
 def _run_info(response: CoordinatorResponse, seconds: float, calls: int, budget: RetryBudget) -> dict[str, float]:
-    """Flatten the per-function metrics into role totals, overall totals and per-function figures, adding
-    the client's own retries of the coordinator to the totals."""
+    """The run's figures, the per-function metrics flattened (`flatten_metrics`), and the client's own
+    retries of the coordinator added to the totals."""
     info: dict[str, float] = {
         "seconds": seconds,
         "version": response.version,
@@ -276,18 +277,8 @@ def _run_info(response: CoordinatorResponse, seconds: float, calls: int, budget:
         "depth": response.shape.depth,
         "allocators": response.shape.allocators,
         "coordinator_calls": calls,
+        **flatten_metrics(response.metrics),
     }
-    for role in ROLES:
-        info.update({f"{role}.{name}": 0 for name in COUNTERS})
-    for function, counters in sorted(response.metrics.items()):
-        role = counters["role"]
-        for name in COUNTERS:
-            value = counters.get(name, 0)
-            info[f"function.{function}.{name}"] = value
-            key = f"{role}.{name}"
-            info[key] = max(info[key], value) if name in MAX_COUNTERS else info[key] + value
-    for name in ("invocations", "cold", "warm", "gets", "bytes_read", "lists", "retries", "hedges", "retries_denied"):
-        info[name] = sum(info[f"{role}.{name}"] for role in ROLES)
     info["retries"] += budget.retries
     info["retries_denied"] += budget.denied
     return info

@@ -318,7 +318,7 @@ def test_botocore_makes_one_attempt_per_lambda_call(monkeypatch: pytest.MonkeyPa
         monkeypatch.setenv(name, value)
     try:
         with pytest.raises(ThrottledInvocationError):
-            LambdaInvoker().invoke("fn", {})
+            LambdaInvoker().invoke("fn", b"{}")
     finally:
         server.shutdown()
         server.server_close()
@@ -336,7 +336,7 @@ def test_a_crashed_lambda_worker_is_a_retryable_crash() -> None:
     with stub:
         for _ in range(2):
             with pytest.raises(WorkerCrashedError, match=r"fn crashed .*signal: killed") as crashed:
-                invoker.invoke("fn", {})
+                invoker.invoke("fn", b"{}")
             assert retryable(crashed.value)
 
 
@@ -427,7 +427,7 @@ def test_lambda_5xx_is_retryable_and_4xx_is_not() -> None:
     stub.add_client_error("invoke", "InvalidParameterValueException", "bad", 400)
     with stub:
         with pytest.raises(InvocationError) as server:
-            invoker.invoke("fn", {})
+            invoker.invoke("fn", b"{}")
         with pytest.raises(InvocationError) as client:
-            invoker.invoke("fn", {})
+            invoker.invoke("fn", b"{}")
     assert server.value.retryable and not client.value.retryable

@@ -303,7 +303,7 @@ def _events(uri: str = "memory://x", *, budget_ms: int | None = 5) -> dict[type,
             IndexRef(uri, 1, BUILD), queries, fs, 3, {}, TreeShape(2, 1), node=1, level=1
         ).to_event(),
         ProcessorRequest: ProcessorRequest(
-            IndexRef(uri, 1, BUILD), queries, fs, 3, {}, partition=0, probes=np.ones(len(queries), np.int32)
+            IndexRef(uri, 1, BUILD), queries, fs, 3, SearchParams(), partition=0, probes=np.ones(len(queries), np.int32)
         ).to_event(),
         ProcessorResponse: ProcessorResponse(ids, dists, stats, metrics).to_event(),
         AllocatorResponse: AllocatorResponse(ids, dists, stats, metrics).to_event(),

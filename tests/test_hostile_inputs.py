@@ -18,7 +18,6 @@ import pytest
 from hostile import nested_filter
 
 import squash
-from squash.compute.aws_lambda import LambdaInvoker
 from squash.config import RuntimeConfig
 from squash.errors import FilterError, InvalidInputError
 from squash.filter import MAX_DEPTH, compile_filter
@@ -26,7 +25,7 @@ from squash.pipeline import build_index
 from squash.runtime.context import HandlerContext
 from squash.runtime.dispatch import handle
 from squash.runtime.inprocess import InProcessInvoker
-from squash.runtime.protocol import MAX_TIMEOUT, CoordinatorRequest, IndexRef
+from squash.runtime.protocol import MAX_TIMEOUT, CoordinatorRequest, IndexRef, encode_event
 from squash.runtime.tree import TreeShape
 from squash.search.params import SearchParams
 from squash.search.queries import FilterSet
@@ -55,11 +54,11 @@ class _Recording:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.config = inner.config
-        self.sent: list[dict[str, Any]] = []
+        self.sent: list[bytes] = []
 
-    def invoke(self, function: str, event: dict[str, Any]) -> dict[str, Any]:
-        self.sent.append(event)
-        return self.inner.invoke(function, event)  # type: ignore[no-any-return]
+    def invoke(self, function: str, payload: bytes) -> dict[str, Any]:
+        self.sent.append(payload)
+        return self.inner.invoke(function, payload)  # type: ignore[no-any-return]
 
 
 # --- the cases found by review ----------------------------------------------------------------------------
@@ -173,17 +172,15 @@ def test_non_finite_filter_operands_are_refused_before_sending(stored: Any, expr
         index.search(_queries(), 3, filter=expr)
 
 
-class _StubLambda:
-    """Stands in for boto3's Lambda client and fails the test if anything is sent."""
-
-    def invoke(self, **kwargs: Any) -> Any:
-        raise AssertionError(f"sent a payload Lambda would refuse: {kwargs['Payload'][:200]!r}")
-
-
 @pytest.mark.parametrize("bad", [math.nan, math.inf, "\ud800"])
-def test_invokers_send_only_strict_json(bad: Any) -> None:
-    event = {"squash": 1, "kind": "coordinator_request", "k": bad}
+def test_events_encode_only_as_strict_json(bad: Any) -> None:
+    # Every payload an invoker sends is one `encode_event` made (`split_request`, the client).
     with pytest.raises(InvalidInputError, match="not strict JSON"):
-        LambdaInvoker(_StubLambda()).invoke("squash-coordinator", event)
+        encode_event({"squash": 1, "kind": "coordinator_request", "k": bad})
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_the_in_process_invoker_refuses_what_lambda_refuses(constant: str) -> None:
+    payload = f'{{"squash": 1, "kind": "coordinator_request", "k": {constant}}}'.encode()
     with pytest.raises(InvalidInputError, match="not strict JSON"):
-        InProcessInvoker(RuntimeConfig()).invoke("squash-coordinator", event)
+        InProcessInvoker(RuntimeConfig()).invoke("squash-coordinator", payload)

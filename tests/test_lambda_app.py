@@ -117,9 +117,8 @@ def test_each_invocation_logs_one_structured_line_and_bounded_emf(
     capsys.readouterr()
     request = ProcessorRequest.from_event(_event("processor", index_uri))
     index = squash.Index.open(index_uri)
-    params = squash.SearchParams.from_knobs(dict(request.knobs))
     filters = request.filters.compile(index.meta)
-    expected = search_partition(index.partition(0), request.queries, filters, request.k, params, index.metric)
+    expected = search_partition(index.partition(0), request.queries, filters, request.k, request.params, index.metric)
     for i in range(3):
         response = ProcessorResponse.from_event(app.lambda_handler(_event("processor", index_uri), _LambdaContext()))
         line, emf, size = _invocation_output(capsys)
@@ -139,7 +138,7 @@ def test_each_invocation_logs_one_structured_line_and_bounded_emf(
         assert [m["Name"] for m in directive["Metrics"]] == list(lambda_app.METRICS)
         assert len(directive["Metrics"]) <= MAX_METRICS
         counters = response.metrics["squash-processor-0"]
-        assert emf["cold"] == [float(i == 0)] and emf["gets"] == [float(counters["gets"])]
+        assert emf["cold"] == [float(i == 0)] and emf["gets"] == [float(counters.get("gets", 0))]
         np.testing.assert_array_equal(response.ids, expected.ids)
         np.testing.assert_array_equal(response.distances, expected.distances)
 

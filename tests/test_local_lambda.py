@@ -26,7 +26,7 @@ from squash.compute.aws_lambda import LambdaInvoker
 from squash.compute.retry import retryable
 from squash.errors import InvalidInputError, WorkerCrashedError
 from squash.local import FunctionSpec, LocalStack, load_functions
-from squash.local.lambda_service import REQUEST_LIMIT, STATS_PATH
+from squash.local.invoke_api import REQUEST_LIMIT, STATS_PATH
 from squash.local.sandbox import RESPONSE_LIMIT
 from squash.local.testing import local_stack_fixture
 
@@ -194,7 +194,7 @@ def test_worker_exit_is_reported_and_the_worker_replaced(local_stack: LocalStack
 
 def test_a_dead_worker_is_a_retryable_crash_for_the_invoker(local_stack: LocalStack) -> None:
     with pytest.raises(WorkerCrashedError, match=r"Failing crashed .*Runtime\.ExitError.*exit status 3") as crashed:
-        LambdaInvoker(_client()).invoke("Failing", {"exit": 3})
+        LambdaInvoker(_client()).invoke("Failing", b'{"exit": 3}')
     assert retryable(crashed.value)
 
 

@@ -22,6 +22,7 @@ from squash.runtime.context import HandlerContext
 from squash.runtime.coordinator import coordinate
 from squash.runtime.processor import process
 from squash.runtime.protocol import CoordinatorRequest, IndexRef, ProcessorRequest
+from squash.search.params import SearchParams
 from squash.search.queries import FilterSet
 from squash.storage import open_store
 
@@ -131,4 +132,7 @@ def test_requests_pinned_to_a_deleted_build_fail_with_index_changed() -> None:
     # A processor asked for the deleted build by a coordinator that resolved it before the rebuild.
     probes = np.ones(len(QUERIES), np.int32)
     with pytest.raises(IndexChangedError, match="rebuilt"):
-        process(ProcessorRequest(stale, QUERIES, filters, K, {}, partition=0, probes=probes), _context("processor"))
+        process(
+            ProcessorRequest(stale, QUERIES, filters, K, SearchParams(), partition=0, probes=probes),
+            _context("processor"),
+        )

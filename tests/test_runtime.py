@@ -40,15 +40,18 @@ from squash.pipeline import build_index
 from squash.runtime.dre import LruCache
 from squash.runtime.inprocess import InProcessInvoker
 from squash.runtime.protocol import (
+    MAX_FUNCTIONS,
     AllocatorRequest,
     CoordinatorRequest,
     IndexRef,
     ProcessorRequest,
     ProcessorResponse,
+    own_metrics,
     pack_arrays,
     split_request,
 )
 from squash.runtime.tree import TreeShape, allocator_count, choose_shape
+from squash.search.params import SearchParams
 from squash.search.queries import FilterSet
 from squash.storage import open_store
 from squash.storage.faults import Fault, FaultInjectingStore
@@ -354,14 +357,14 @@ def test_split_request_parts_fit_and_cover_the_batch(built: Built) -> None:
         np.ones((nq, DIM), np.float32),
         FilterSet.from_user([{"price": i % 7} for i in range(nq)], nq),
         10,
-        {},
+        SearchParams(),
         partition=0,
         probes=np.arange(1, nq + 1, dtype=np.int32),
     )
     parts = split_request(request, 30_000, functions=4)
     assert len(parts) > 1
     assert sum(part.n_queries for part, _ in parts) == nq
-    assert all(len(json.dumps(event)) <= 30_000 for _, event in parts)
+    assert all(len(payload) <= 30_000 for _, payload in parts)
     assert [f for part, _ in parts for f in part.filters.per_query()] == request.filters.per_query()
     assert np.array_equal(np.concatenate([part.probes for part, _ in parts]), request.probes)
     with pytest.raises(LimitExceededError, match="6,291,456"):
@@ -416,7 +419,13 @@ def processor_event() -> dict[str, Any]:
     queries = np.arange(3 * DIM, dtype=np.float32).reshape(3, DIM)
     filters = FilterSet.from_user([{"price": 1}, None, {"price": 1}], 3)
     return ProcessorRequest(
-        IndexRef("memory://x", 2, BUILD), queries, filters, 10, {"rerank_depth": 30}, 4, np.array([1, 5, 2], np.int32)
+        IndexRef("memory://x", 2, BUILD),
+        queries,
+        filters,
+        10,
+        SearchParams(probe=3),
+        4,
+        np.array([1, 5, 2], np.int32),
     ).to_event()
 
 
@@ -434,11 +443,11 @@ def _arrays(**arrays: np.ndarray) -> str:
 
 def test_processor_request_round_trip(processor_event: dict[str, Any]) -> None:
     request = ProcessorRequest.from_event(json.loads(json.dumps(processor_event)))
-    assert (request.index, request.partition, request.k, dict(request.knobs)) == (
+    assert (request.index, request.partition, request.k, request.params) == (
         IndexRef("memory://x", 2, BUILD),
         4,
         10,
-        {"rerank_depth": 30},
+        SearchParams(probe=3),
     )
     assert request.filters.exprs == ({"price": 1}, None) and request.filters.of.tolist() == [0, 1, 0]
     assert request.queries.dtype == np.float32 and request.queries[2, 0] == 2 * DIM
@@ -545,6 +554,21 @@ def test_response_validation() -> None:
             ProcessorResponse.from_event({**event, "metrics": bad})
 
 
+def test_response_metrics_are_bounded_in_size() -> None:
+    ids = np.zeros((2, 3), np.int64)
+    stats = {name: np.zeros(2, np.int64) for name in squash.search.result.STAT_FIELDS}
+    event = ProcessorResponse(ids, np.zeros((2, 3), np.float32), stats, {}).to_event()
+    too_many = {f"p{i}": {"role": "processor", "invocations": 1} for i in range(MAX_FUNCTIONS + 1)}
+    with pytest.raises(InvalidInputError, match=f"at most {MAX_FUNCTIONS} functions"):
+        ProcessorResponse.from_event({**event, "metrics": too_many})
+    with pytest.raises(InvalidInputError, match="characters"):
+        ProcessorResponse.from_event({**event, "metrics": {"p" * 1000: {"role": "processor"}}})
+    # An invocation reports only the counters that moved.
+    assert own_metrics("p", "processor", {"invocations": 1, "hedges": 0}) == {
+        "p": {"role": "processor", "invocations": 1}
+    }
+
+
 class _Recording(InProcessInvoker):
     """Keeps every event and response that crosses an invocation, nested ones included."""
 
@@ -552,9 +576,9 @@ class _Recording(InProcessInvoker):
         super().__init__(*args, **kwargs)
         self.payloads: list[dict[str, Any]] = []
 
-    def invoke(self, function: str, event: dict[str, Any]) -> dict[str, Any]:
-        response = super().invoke(function, event)
-        self.payloads += [event, response]
+    def invoke(self, function: str, payload: bytes) -> dict[str, Any]:
+        response = super().invoke(function, payload)
+        self.payloads += [json.loads(payload), response]
         return response
 
 
@@ -564,6 +588,42 @@ def _float_lists(value: Any) -> int:
     if isinstance(value, list):
         return any(isinstance(v, float) for v in value) + sum(_float_lists(v) for v in value)
     return 0
+
+
+def test_each_event_is_encoded_once(built: Built, monkeypatch: pytest.MonkeyPatch) -> None:
+    invoker = _Recording()
+    client = squash.Client(built.uri, invoker=invoker)
+    client.query_batch(built.queries, 10, branching=2, depth=1)  # warm: nothing left to load
+    invoker.payloads.clear()
+    dumps, encoded = json.dumps, []
+
+    def counting(value: Any, *args: Any, **kwargs: Any) -> str:
+        if isinstance(value, dict) and "kind" in value:
+            encoded.append(value["kind"])
+        return dumps(value, *args, **kwargs)
+
+    monkeypatch.setattr(json, "dumps", counting)
+    client.query_batch(built.queries, 10, {"color": {"$in": ["red", "blue"]}}, branching=2, depth=1)
+    # One encoding per request and per response that crossed an invocation, none twice.
+    assert sorted(encoded) == sorted(p["kind"] for p in invoker.payloads)
+
+
+def test_each_response_is_validated_once_where_it_arrives(built: Built, monkeypatch: pytest.MonkeyPatch) -> None:
+    invoker = _Recording()
+    client = squash.Client(built.uri, invoker=invoker)
+    client.query_batch(built.queries, 10, branching=2, depth=1)
+    invoker.payloads.clear()
+    checked: list[str] = []
+    check = squash.runtime.protocol.responses.check_metrics
+
+    def counting(metrics: Any, kind: str) -> None:
+        checked.append(kind)
+        check(metrics, kind)
+
+    monkeypatch.setattr(squash.runtime.protocol.responses, "check_metrics", counting)
+    client.query_batch(built.queries, 10, {"color": {"$in": ["red", "blue"]}}, branching=2, depth=1)
+    # Responses built, merged and concatenated by the functions themselves are not checked again.
+    assert sorted(checked) == sorted(p["kind"] for p in invoker.payloads if p["kind"].endswith("_response"))
 
 
 def test_payloads_carry_arrays_as_msgpack_not_json_lists(built: Built) -> None:
@@ -622,17 +682,17 @@ def test_lambda_invoker_maps_errors() -> None:
     stub.add_client_error("invoke", "TooManyRequestsException", "Rate exceeded", 429)
     stub.add_client_error("invoke", "ResourceNotFoundException", "Function not found", 404)
     with stub:
-        assert invoker.invoke("fn", {"a": 1}) == {"ok": True}
+        assert invoker.invoke("fn", b'{"a": 1}') == {"ok": True}
         with pytest.raises(IncompleteResultError, match="fn: partition 3"):
-            invoker.invoke("fn", {})
+            invoker.invoke("fn", b"{}")
         with pytest.raises(InvocationError, match="fn failed with KeyError"):
-            invoker.invoke("fn", {})
+            invoker.invoke("fn", b"{}")
         with pytest.raises(InvocationTimeoutError, match="fn timed out"):
-            invoker.invoke("fn", {})
+            invoker.invoke("fn", b"{}")
         with pytest.raises(ThrottledInvocationError, match="fn was throttled"):
-            invoker.invoke("fn", {})
+            invoker.invoke("fn", b"{}")
         with pytest.raises(InvocationError, match="ResourceNotFoundException"):
-            invoker.invoke("fn", {})
+            invoker.invoke("fn", b"{}")
 
 
 def test_runtime_config_from_env() -> None:

@@ -14,7 +14,7 @@ import json
 import threading
 from typing import Any
 
-from squash.compute.base import encode_event, remote_error
+from squash.compute.base import remote_error
 from squash.errors import (
     InvocationError,
     InvocationTimeoutError,
@@ -64,13 +64,11 @@ class LambdaInvoker:
                 self._client = boto3.client("lambda", config=config)
             return self._client
 
-    def invoke(self, function: str, event: dict[str, Any]) -> dict[str, Any]:
+    def invoke(self, function: str, payload: bytes) -> dict[str, Any]:
         from botocore.exceptions import ClientError, ConnectTimeoutError, ReadTimeoutError
 
         try:
-            response = self.client.invoke(
-                FunctionName=function, InvocationType="RequestResponse", Payload=encode_event(event)
-            )
+            response = self.client.invoke(FunctionName=function, InvocationType="RequestResponse", Payload=payload)
             body = response["Payload"].read()
         except ClientError as exc:
             error = exc.response.get("Error", {})

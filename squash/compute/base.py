@@ -1,4 +1,4 @@
-"""The `Invoker` interface: call a function by name with a JSON event and wait, or fail with a typed error.
+"""The `Invoker` interface: call a function by name with a JSON payload and wait, or fail with a typed error.
 
 Implementations: `squash.runtime.inprocess.InProcessInvoker` (threads in this process) and
 `squash.compute.aws_lambda.LambdaInvoker` (AWS Lambda, or anything speaking its Invoke API). Both report
@@ -7,19 +7,17 @@ a remote failure the same way, through `remote_error`, so callers handle one set
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
 from typing import Any, Protocol
 
 from squash import errors
-from squash.errors import InvalidInputError, InvocationError, SquashError
+from squash.errors import InvocationError, SquashError
 
 
 class Invoker(Protocol):
     """Runs one function invocation (Lambda's RequestResponse) and returns its JSON response."""
 
-    def invoke(self, function: str, event: dict[str, Any]) -> dict[str, Any]:
-        """Invoke ``function`` with ``event`` and wait for its response.
+    def invoke(self, function: str, payload: bytes) -> dict[str, Any]:
+        """Invoke ``function`` with ``payload`` (an event encoded as strict JSON) and wait for its response.
 
         Raises:
             InvocationError: the call failed, or the function raised an error that is not a `SquashError`
@@ -44,18 +42,3 @@ def remote_error(function: str, error_type: str, message: str) -> SquashError:
         error = InvocationError(f"{function} failed with {error_type}: {message}")
     error.raised_by = function
     return error
-
-
-def encode_event(event: Mapping[str, Any]) -> bytes:
-    """The payload of an event: strict JSON in UTF-8, as AWS Lambda's Invoke requires (no NaN or infinity).
-
-    Requests are validated when built, so a failure here is a value that slipped past those checks; it is
-    reported before sending rather than as Lambda's opaque ``InvalidRequestContentException``.
-    """
-    try:
-        return json.dumps(event, allow_nan=False, ensure_ascii=False).encode()
-    except (TypeError, ValueError) as exc:  # UnicodeEncodeError (a lone surrogate) is a ValueError
-        raise InvalidInputError(
-            f"{event.get('kind', 'event')}: not strict JSON ({exc}); every number must be finite and every "
-            "string valid Unicode"
-        ) from None

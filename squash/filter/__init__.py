@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from squash.filter.evaluate import FULL, NONE, PARTIAL, CompiledFilter, compile_exprs, compile_filter, group_of
+from squash.filter.cells import FULL, NONE, PARTIAL
+from squash.filter.evaluate import CompiledFilter, compile_exprs, compile_filter, group_of
 from squash.filter.parse import (
     MAX_DEPTH,
     MAX_LEAVES,

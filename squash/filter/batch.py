@@ -17,22 +17,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from squash.filter.evaluate import (
-    _CODES,
-    _COMPARE,
-    FULL,
-    PARTIAL,
-    CompiledFilter,
-    _bounds,
-    _Combine,
-    _full_max,
-    _Negate,
-    _Node,
-    _Table,
-    _weights,
-    checked_histograms,
-    estimates,
-)
+from squash.filter.cells import CODES, FULL, PARTIAL, Combine, Negate, Node, Table
+from squash.filter.counts import bounds, checked_histograms, estimates, full_max, weights
+from squash.filter.evaluate import COMPARE, CompiledFilter
 from squash.filter.parse import And, Compare, Not, Or, Predicate
 
 
@@ -56,7 +43,7 @@ def _operands(predicate: Predicate) -> list[float]:
 def _evaluate(predicate: Predicate, column: Any, operands: Iterator[NDArray[np.float64]]) -> NDArray[np.bool_]:
     match predicate:
         case Compare(_, attribute, op, _):
-            return _COMPARE[op](column(attribute), next(operands))
+            return COMPARE[op](column(attribute), next(operands))
         case Not(child):
             return ~_evaluate(child, column, operands)
         case And(children):
@@ -80,16 +67,16 @@ class _Columns:
 
 
 def _states_many(
-    nodes: Sequence[_Node], base: NDArray[np.int64], codes: NDArray[np.uint8], rows: NDArray[np.int64]
+    nodes: Sequence[Node], base: NDArray[np.int64], codes: NDArray[np.uint8], rows: NDArray[np.int64]
 ) -> NDArray[np.uint8]:
     """States of ``rows`` under same-shaped trees ``nodes``; row j reads the tree at ``base[j] / 256``."""
     first = nodes[0]
-    if isinstance(first, _Table):
-        stacked = np.stack([n.states for n in nodes if isinstance(n, _Table)]).reshape(-1)
+    if isinstance(first, Table):
+        stacked = np.stack([n.states for n in nodes if isinstance(n, Table)]).reshape(-1)
         return stacked[base + codes[rows, first.attribute]]
-    if isinstance(first, _Negate):
-        return 2 - _states_many([n.child for n in nodes if isinstance(n, _Negate)], base, codes, rows)
-    combined = [n for n in nodes if isinstance(n, _Combine)]
+    if isinstance(first, Negate):
+        return 2 - _states_many([n.child for n in nodes if isinstance(n, Negate)], base, codes, rows)
+    combined = [n for n in nodes if isinstance(n, Combine)]
     parts = [_states_many([n.children[j] for n in combined], base, codes, rows) for j in range(len(first.children))]
     return reduce(np.minimum if first.is_and else np.maximum, parts)
 
@@ -124,7 +111,7 @@ def matches_many(
             where = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in members])
         sub = rows[where]
         slot = np.repeat(np.arange(len(members)), counts)
-        states = _states_many([filters[i]._root for i in members], slot * _CODES, codes, sub)
+        states = _states_many([filters[i]._root for i in members], slot * CODES, codes, sub)
         result = states == FULL
         partial = np.flatnonzero(states == PARTIAL)
         if partial.size:
@@ -163,8 +150,8 @@ def partition_bounds_many(
     checked, n = checked_histograms(histograms, len(filters[0].quantizer.schema))
     for members in _by_shape(filters):
         nodes = [filters[i]._root for i in members]
-        certain[members], possible[members] = _bounds(nodes, checked, n)
-        ceiling[members] = _full_max(nodes, checked, n)
+        certain[members], possible[members] = bounds(nodes, checked, n)
+        ceiling[members] = full_max(nodes, checked, n)
     return certain, possible, ceiling
 
 
@@ -204,27 +191,27 @@ def drivers_many(
     for members in _by_shape(filters):
         roots = [filters[i]._root for i in members]
         first = roots[0]
-        if isinstance(first, _Table):
+        if isinstance(first, Table):
             positions, tables = [0], [roots]
-        elif isinstance(first, _Combine) and first.is_and:
-            positions = [j for j, c in enumerate(first.children) if isinstance(c, _Table)]
-            tables = [[r.children[j] for r in roots if isinstance(r, _Combine)] for j in positions]
+        elif isinstance(first, Combine) and first.is_and:
+            positions = [j for j, c in enumerate(first.children) if isinstance(c, Table)]
+            tables = [[r.children[j] for r in roots if isinstance(r, Combine)] for j in positions]
         else:
             continue
         if not positions:
             continue
-        maybe = [_weights(column, "maybe") for column in tables]
+        maybe = [weights(column, "maybe") for column in tables]
         counts = np.stack([m @ histograms[column[0].attribute] for m, column in zip(maybe, tables, strict=True)])
         best = counts.argmin(axis=0)  # the first conjunct with the fewest possible rows, as min() picks
         group = np.asarray(members)
-        for j, (weights, column) in enumerate(zip(maybe, tables, strict=True)):
+        for j, (weight, column) in enumerate(zip(maybe, tables, strict=True)):
             chosen = np.flatnonzero(best == j)
             if not len(chosen):
                 continue
             a = column[0].attribute
             attribute[group[chosen]] = a
             possible[group[chosen]] = counts[j, chosen]
-            g, code = np.nonzero(weights[chosen].astype(bool) & present[a])
+            g, code = np.nonzero(weight[chosen].astype(bool) & present[a])
             pair_filter.append(group[chosen][g])
             pair_code.append(code)
     if not pair_filter:

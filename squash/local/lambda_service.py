@@ -15,182 +15,23 @@ reported to the handler) and the template's ``Runtime`` (workers run on this int
 
 from __future__ import annotations
 
-import base64
 import itertools
-import json
-import logging
-import re
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
 
 from squash.errors import InvalidInputError
-from squash.local.sandbox import (
-    Invocation,
-    QuietHandler,
-    QuietHTTPServer,
-    Result,
-    Sandbox,
-    SandboxGone,
-    error_result,
-)
+from squash.local.function_pool import FunctionPool
+from squash.local.invoke_api import InvokeHandler
+from squash.local.sandbox import Invocation, QuietHTTPServer, Sandbox, SandboxGone, error_result
 from squash.local.template import DEFAULT_ACCOUNT, DEFAULT_REGION, FunctionSpec
 
-log = logging.getLogger(__name__)
-
-REQUEST_LIMIT = 6_291_456  # synchronous invoke payload, as on AWS
-ASYNC_REQUEST_LIMIT = 1_048_576  # Event invoke payload, as on AWS
 # How long a cold worker may take to import its handler before the invocation times out. AWS allows 10 s of
 # init and then retries init within the function timeout; this is that bound.
 INIT_TIMEOUT = 10.0
-STATS_PATH = "/squash-local/stats"
-_INVOKE_PATH = re.compile(r"^/2015-03-31/functions/([^/]+)/invocations$")
-# name, name:qualifier, account:function:name[:qualifier], or a full function ARN.
-_FUNCTION_REF = re.compile(
-    r"^(?:arn:aws[\w-]*:lambda:[\w-]+:\d{12}:function:|\d{12}:function:)?([\w-]+)(?::([\w$-]+))?$"
-)
 _REPO_ROOT = Path(__file__).resolve().parents[2]  # holds the squash package
-
-
-@dataclass
-class FunctionStats:
-    """Counters for one function. ``errors`` counts every function error, timeouts and exits included.
-
-    ``cold_starts`` counts invocations that waited for a worker's init (as AWS and Powertools do): the first
-    invocation of a worker started on demand, not of a pre-warmed one.
-    """
-
-    invocations: int = 0
-    cold_starts: int = 0
-    throttles: int = 0
-    errors: int = 0
-    timeouts: int = 0
-    workers_started: int = 0
-    init_seconds_total: float = 0.0  # start of the worker process to its first request for work
-
-
-class FunctionPool:
-    """The warm workers of one function, at most ``limit`` of them, started on demand."""
-
-    def __init__(self, spec: FunctionSpec, *, limit: int, service: LambdaService) -> None:
-        self.spec = spec
-        self.limit = limit
-        self.stats = FunctionStats()
-        self._service = service
-        self._cond = threading.Condition()
-        self._idle: list[Sandbox] = []
-        self._live: set[Sandbox] = set()
-        self._closing = False
-
-    @property
-    def throttle_reason(self) -> str:
-        reserved = self.spec.reserved_concurrency
-        if reserved is not None and reserved <= self.limit:
-            return "ReservedFunctionConcurrentInvocationLimitExceeded"
-        return "ConcurrentInvocationLimitExceeded"
-
-    def acquire(self, *, wait: bool) -> Sandbox | None:
-        """An idle worker, else a new one while under the limit; None when throttled (or closing).
-
-        With ``wait`` (``Event`` invocations, which AWS queues) block until a worker is free instead.
-        """
-        with self._cond:
-            while True:
-                if self._closing:
-                    return None
-                if self._idle:
-                    # Most recently used first, as AWS keeps reusing the warmest environment.
-                    return self._idle.pop()
-                if len(self._live) < self.limit:
-                    sandbox = self._new_sandbox(prewarmed=False)
-                    break
-                if not wait:
-                    self.stats.throttles += 1
-                    return None
-                self._cond.wait()
-        self._start(sandbox)
-        return sandbox
-
-    def release(self, sandbox: Sandbox) -> None:
-        """Return a worker after an invocation; dead ones are dropped (the next need starts a new one)."""
-        sandbox.release()
-        with self._cond:
-            if sandbox.dead or self._closing:
-                self._live.discard(sandbox)
-            else:
-                self._idle.append(sandbox)
-            self._cond.notify()
-
-    def record(self, result: Result, *, cold: bool) -> None:
-        with self._cond:
-            self.stats.invocations += 1
-            self.stats.cold_starts += cold
-            self.stats.errors += result.function_error is not None
-            self.stats.timeouts += result.error_type == "Sandbox.Timedout"
-
-    def prewarm(self, count: int) -> list[Sandbox]:
-        """Start workers until ``count`` are live (capped at the limit); returns the new ones."""
-        new = []
-        while True:
-            with self._cond:
-                if self._closing or len(self._live) >= min(count, self.limit):
-                    return new
-                sandbox = self._new_sandbox(prewarmed=True)
-            self._start(sandbox)
-            new.append(sandbox)
-            with self._cond:
-                if not sandbox.dead:
-                    self._idle.append(sandbox)
-                    self._cond.notify()
-
-    def sandboxes(self) -> list[Sandbox]:
-        with self._cond:
-            return list(self._live)
-
-    def snapshot(self) -> dict[str, float | int | list[int]]:
-        """The counters plus the live workers' pids."""
-        with self._cond:
-            live = list(self._live)
-            stats = asdict(self.stats)
-        return {**stats, "pids": [s.pid for s in live if s.pid is not None]}
-
-    def close(self) -> list[Sandbox]:
-        """Stop handing out workers; returns the live ones for the caller to stop."""
-        with self._cond:
-            self._closing = True
-            self._idle.clear()
-            self._cond.notify_all()
-            return list(self._live)
-
-    def _new_sandbox(self, *, prewarmed: bool) -> Sandbox:
-        sandbox = self._service.make_sandbox(
-            self.spec, prewarmed=prewarmed, on_ready=self._on_ready, on_exit=self._on_exit
-        )
-        self._live.add(sandbox)
-        self.stats.workers_started += 1
-        return sandbox
-
-    def _start(self, sandbox: Sandbox) -> None:
-        try:
-            sandbox.start()
-        except BaseException:
-            self._on_exit(sandbox)
-            raise
-
-    def _on_ready(self, sandbox: Sandbox) -> None:
-        with self._cond:
-            self.stats.init_seconds_total += sandbox.init_seconds
-
-    def _on_exit(self, sandbox: Sandbox) -> None:
-        with self._cond:
-            self._live.discard(sandbox)
-            if sandbox in self._idle:
-                self._idle.remove(sandbox)
-            self._cond.notify()
 
 
 class LambdaService:
@@ -226,7 +67,7 @@ class LambdaService:
                 raise InvalidInputError(f"two functions are named {spec.name!r}")
             limit = workers if spec.reserved_concurrency is None else min(workers, spec.reserved_concurrency)
             self._pools[spec.name] = FunctionPool(spec, limit=limit, service=self)
-        self._server = QuietHTTPServer(("127.0.0.1", 0), _InvokeHandler)
+        self._server = QuietHTTPServer(("127.0.0.1", 0), InvokeHandler)
         self._server.service = self  # type: ignore[attr-defined]
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,), daemon=True)
         self._sequence = itertools.count(1)  # next() is atomic: pools may call concurrently
@@ -382,146 +223,3 @@ class LambdaService:
         message = f"RequestId: {invocation.request_id} Error: Task timed out after {timeout:.2f} seconds"
         if invocation.finish(error_result("Sandbox.Timedout", message)):
             sandbox.kill()
-
-
-def _strict_json(payload: bytes) -> object:
-    """``payload`` parsed as Lambda's Invoke parses it: strict JSON, which has no NaN or Infinity.
-
-    Raises:
-        ValueError: naming what is wrong.
-    """
-    try:
-        return json.loads(payload, parse_constant=_non_standard_token)
-    except RecursionError:
-        raise ValueError("nested deeper than the parser allows") from None
-
-
-def _non_standard_token(token: str) -> None:
-    raise ValueError(f"Non-standard token '{token}': strict JSON has no NaN or Infinity")
-
-
-def _client_context(header: str) -> str | None:
-    """The decoded client context, or None unless it is base64 of a JSON object (as AWS requires)."""
-    try:
-        text = base64.b64decode(header, validate=True).decode()
-        return text if isinstance(_strict_json(text.encode()), dict) else None
-    except ValueError:  # also a bad base64 (binascii.Error) or UTF-8 (UnicodeDecodeError)
-        return None
-
-
-def _error_body(message: str, **extra: str) -> bytes:
-    return json.dumps({"Type": "User", "message": message, **extra}).encode()
-
-
-class _InvokeHandler(QuietHandler):
-    """``POST /2015-03-31/functions/{name}/invocations`` and ``GET /squash-local/stats``."""
-
-    server: QuietHTTPServer
-
-    @property
-    def service(self) -> LambdaService:
-        return self.server.service  # type: ignore[attr-defined, no-any-return]
-
-    def do_GET(self) -> None:
-        if urlsplit(self.path).path == STATS_PATH:
-            body = json.dumps({"functions": self.service.stats()}).encode()
-            self.reply(200, body, {"Content-Type": "application/json"})
-        else:
-            self._error(404, "UnknownOperationException", "Unknown operation")
-
-    def do_POST(self) -> None:
-        url = urlsplit(self.path)
-        match = _INVOKE_PATH.match(url.path)
-        if match is None:
-            self.read_body()
-            self._error(404, "UnknownOperationException", "Unknown operation")
-            return
-        invocation_type = self.headers.get("X-Amz-Invocation-Type", "RequestResponse")
-        limit = ASYNC_REQUEST_LIMIT if invocation_type == "Event" else REQUEST_LIMIT
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > limit:
-            self._discard(length)
-            message = f"Request must be smaller than {limit} bytes for the InvokeFunction operation"
-            self._error(413, "RequestTooLargeException", message)
-            return
-        # AWS refuses a body that is not strict JSON and hands an empty one to the function as {}.
-        payload = self.rfile.read(length) or b"{}"
-        try:
-            _strict_json(payload)
-        except ValueError as exc:
-            message = f"Could not parse request body into json: Could not parse payload into json: {exc}"
-            self._error(400, "InvalidRequestContentException", message)
-            return
-        pool = self._lookup(unquote(match.group(1)), parse_qs(url.query).get("Qualifier", [None])[0])
-        if pool is None:
-            return
-        if invocation_type == "DryRun":
-            self.reply(204)
-            return
-        if invocation_type not in ("Event", "RequestResponse"):
-            self._error(400, "InvalidParameterValueException", f"Invalid invocation type: {invocation_type}")
-            return
-        context = self.headers.get("X-Amz-Client-Context")
-        client_context = _client_context(context) if context else None
-        if context and client_context is None:
-            message = "Client context must be a valid Base64-encoded JSON object."
-            self._error(400, "InvalidRequestContentException", message)
-            return
-        arn = pool.spec.arn(self.service.region, self.service.account_id)
-        invocation = Invocation(payload, function_arn=arn, client_context=client_context)
-        if invocation_type == "Event":
-            threading.Thread(target=self._invoke_async, args=(pool, invocation), daemon=True).start()
-            self.reply(202, headers={"x-amzn-RequestId": invocation.request_id})
-        else:
-            self._invoke_sync(pool, invocation)
-
-    def _lookup(self, reference: str, qualifier: str | None) -> FunctionPool | None:
-        match = _FUNCTION_REF.match(reference)
-        name, inline_qualifier = match.groups() if match else (reference, None)
-        pool = self.service.pool(name)
-        qualifier = qualifier or inline_qualifier
-        if pool is None or qualifier not in (None, "$LATEST", pool.spec.alias):
-            arn = f"arn:aws:lambda:{self.service.region}:{self.service.account_id}:function:{reference}"
-            self._error(404, "ResourceNotFoundException", f"Function not found: {arn}")
-            return None
-        return pool
-
-    def _invoke_sync(self, pool: FunctionPool, invocation: Invocation) -> None:
-        try:
-            admitted = self.service.invoke(pool, invocation, wait=False)
-        except OSError as exc:  # a worker could not be started
-            self._error(500, "ServiceException", f"could not start a worker for {pool.spec.name}: {exc}")
-            return
-        if not admitted:
-            reason = pool.throttle_reason
-            self._error(429, "TooManyRequestsException", "Rate Exceeded.", Reason=reason)
-            return
-        result = invocation.result
-        assert result is not None
-        headers = {
-            "Content-Type": "application/json",
-            "X-Amz-Executed-Version": "$LATEST",
-            "x-amzn-RequestId": invocation.request_id,
-        }
-        if result.function_error:
-            headers["X-Amz-Function-Error"] = result.function_error
-        self.reply(200, result.body, headers)
-
-    def _invoke_async(self, pool: FunctionPool, invocation: Invocation) -> None:
-        self.service.invoke(pool, invocation, wait=True)
-        result = invocation.result
-        if result is not None and result.function_error:
-            detail = result.body[:2000].decode(errors="replace")
-            log.warning("%s: Event invocation %s failed: %s", pool.spec.name, invocation.request_id, detail)
-
-    def _discard(self, length: int) -> None:
-        # Read the oversized body so the client sees our 413 rather than a reset connection.
-        while length > 0:
-            chunk = self.rfile.read(min(length, 1 << 20))
-            if not chunk:
-                break
-            length -= len(chunk)
-
-    def _error(self, status: int, error_type: str, message: str, **extra: str) -> None:
-        headers = {"Content-Type": "application/json", "x-amzn-ErrorType": error_type}
-        self.reply(status, _error_body(message, **extra), headers)

@@ -90,9 +90,9 @@ def _search_share(inv: Invocation, work: Work) -> _Share:
     def visit(visits: Sequence[Visit]) -> list[ProcessorResponse | SquashError]:
         requests = []
         for v in visits:
-            part = replace(work.take(v.rows), knobs=v.group.knobs)
+            part = work.take(v.rows)
             requests.append(
-                ProcessorRequest(part.ref, part.queries, part.filters, work.k, part.knobs, v.partition, v.probes)
+                ProcessorRequest(part.ref, part.queries, part.filters, work.k, v.group.params, v.partition, v.probes)
             )
         responses.extend(
             FanOut(

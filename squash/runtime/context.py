@@ -29,6 +29,7 @@ from squash.runtime.protocol import (
     IndexRef,
     Metrics,
     ProcessorRequest,
+    own_metrics,
 )
 from squash.search.prepared import PreparedPartition
 from squash.storage import ObjectStore, open_store
@@ -216,7 +217,7 @@ class Invocation:
         }
         if self.ctx.emit is not None:
             self.ctx.emit(own)
-        return {self.ctx.function_name: {"role": self.ctx.role, **own}}
+        return own_metrics(self.ctx.function_name, self.ctx.role, own)
 
 
 def _deadline(budget_ms: int | None, remaining_ms: int | None, arrival: float) -> Deadline | None:

@@ -61,7 +61,7 @@ class FaultInjectingInvoker:
         """The wrapped invoker's runtime configuration, if it has one (the Client reads it)."""
         return getattr(self.inner, "config", None)
 
-    def invoke(self, function: str, event: dict[str, Any]) -> dict[str, Any]:
+    def invoke(self, function: str, payload: bytes) -> dict[str, Any]:
         fired = []
         with self._lock:
             self.calls[function] += 1
@@ -72,10 +72,10 @@ class FaultInjectingInvoker:
                         fired.append(fault)
             self.injected += len(fired)
         if any(fault.after for fault in fired):
-            self.inner.invoke(function, event)
+            self.inner.invoke(function, payload)
         for fault in fired:
             if fault.delay:
                 time.sleep(fault.delay)
             if fault.error is not None:
                 raise fault.error(f"{function}: injected {fault.error.__name__}")
-        return self.inner.invoke(function, event)
+        return self.inner.invoke(function, payload)

@@ -1,8 +1,9 @@
 """Functions run as threads of this process: the embedded mode, and the reference for every other invoker.
 
-Each invocation goes through exactly what runs on Lambda: the event is serialised as strict JSON and
-parsed again, dispatched to the same `squash.runtime` body, and its response serialised back; failures come
-back through the same `remote_error` mapping, and payloads over the configured limit fail as on Lambda.
+Each invocation goes through exactly what runs on Lambda: the request payload is parsed as strict JSON
+(Lambda's Invoke refuses anything else), dispatched to the same `squash.runtime` body, and its response
+serialised back; failures come back through the same `remote_error` mapping, and payloads over the
+configured limit fail as on Lambda.
 
 Every function name has its own `HandlerContext`, the equivalent of one warm container's module state, so
 processor slots keep their own DRE caches as they would on Lambda. Unlike Lambda, concurrent invocations
@@ -17,9 +18,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from squash.compute.base import Invoker, encode_event, remote_error
+from squash.compute.base import Invoker, remote_error
 from squash.config import RuntimeConfig
-from squash.errors import InvocationError, LimitExceededError
+from squash.errors import InvalidInputError, InvocationError, LimitExceededError
 from squash.runtime.context import HandlerContext
 from squash.runtime.dispatch import handle
 from squash.storage import ObjectStore, open_store
@@ -60,12 +61,16 @@ class InProcessInvoker:
                 )
             return self._contexts[function]
 
-    def invoke(self, function: str, event: dict[str, Any]) -> dict[str, Any]:
+    def invoke(self, function: str, payload: bytes) -> dict[str, Any]:
         ctx = self.context(function)
-        # Requests are strict JSON, as Lambda's Invoke parses them; responses are serialised as the runtime does.
-        request = self._checked(function, "request", encode_event(event))
+        # Requests must be strict JSON, as Lambda's Invoke requires; responses are serialised as its runtime does.
+        request = self._checked(function, "request", payload)
         try:
-            response = handle(ctx.role, json.loads(request), ctx)
+            event = json.loads(request, parse_constant=_not_strict)
+        except ValueError as exc:
+            raise InvalidInputError(f"the request to {function} is not strict JSON ({exc})") from None
+        try:
+            response = handle(ctx.role, event, ctx)
         except Exception as exc:
             raise remote_error(function, type(exc).__name__, str(exc)) from exc
         return json.loads(self._checked(function, "response", json.dumps(response).encode()))
@@ -77,3 +82,7 @@ class InProcessInvoker:
                 f"limit of {self.config.payload_limit:,} bytes"
             )
         return payload
+
+
+def _not_strict(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON number")

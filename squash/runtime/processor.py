@@ -10,7 +10,6 @@ from squash.runtime.protocol import (
     ProcessorRequest,
     ProcessorResponse,
 )
-from squash.search.params import SearchParams
 from squash.search.prepared import PreparedPartition
 from squash.search.scan import search_partition
 
@@ -23,7 +22,7 @@ def process(request: ProcessorRequest, ctx: HandlerContext) -> ProcessorResponse
     if pid >= meta.n_partitions:
         raise InvalidInputError(f"partition {pid} does not exist; the index has {meta.n_partitions}")
     check_dim(request.queries, meta)
-    params = SearchParams.from_knobs(dict(request.knobs))
+    params = request.params
     filters = request.filters.compile(meta)
     deadline = inv.deadline
     with COMPUTE:

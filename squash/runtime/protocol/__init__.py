@@ -1,4 +1,5 @@
-"""The wire format between client, coordinator, allocators and processors (`wire`, `requests`, `responses`).
+"""The wire format between client, coordinator, allocators and processors (`wire`, `requests`, `responses`,
+`metrics`).
 
 Every message is a JSON object, the Lambda event or response::
 
@@ -22,10 +23,24 @@ so no node depends on another machine's clock. The sender measures it when it se
 the partitions that could not be searched, each ``{partition, error, message}``.
 
 ``from_event`` checks everything (known keys, JSON types, dtypes, shapes, sizes, ranges) and raises
-`InvalidInputError` naming the message kind and field. `split_request` keeps each request and its expected
-response under the synchronous payload limit by splitting the query batch.
+`InvalidInputError` naming the message kind and field: a message is validated once, where it enters a
+process, and one a process built itself from validated parts is never checked again. `split_request` keeps
+each request and its expected response under the synchronous payload limit by splitting the query batch,
+and encodes each part once: a sender only sets ``budget_ms`` in that payload at each attempt (`with_budget`).
+The processor's search parameters travel typed (`SearchParams`, all of them), decoded once at its edge.
 """
 
+from squash.runtime.protocol.metrics import (
+    COUNTERS,
+    MAX_COUNTERS,
+    MAX_FUNCTIONS,
+    ROLES,
+    Metrics,
+    check_metrics,
+    flatten_metrics,
+    merge_metrics,
+    own_metrics,
+)
 from squash.runtime.protocol.requests import (
     AllocatorRequest,
     CoordinatorRequest,
@@ -41,18 +56,14 @@ from squash.runtime.protocol.responses import (
     split_request,
 )
 from squash.runtime.protocol.wire import (
-    COUNTERS,
     MAX_BUDGET_MS,
-    MAX_COUNTERS,
     MAX_DIM,
     MAX_TIMEOUT,
-    ROLES,
     IndexRef,
-    Metrics,
-    check_metrics,
-    merge_metrics,
+    encode_event,
     pack_arrays,
     unpack_arrays,
+    with_budget,
 )
 
 __all__ = [
@@ -60,6 +71,7 @@ __all__ = [
     "MAX_BUDGET_MS",
     "MAX_COUNTERS",
     "MAX_DIM",
+    "MAX_FUNCTIONS",
     "MAX_TIMEOUT",
     "RESPONSES",
     "ROLES",
@@ -74,8 +86,12 @@ __all__ = [
     "ProcessorResponse",
     "Request",
     "check_metrics",
+    "encode_event",
+    "flatten_metrics",
     "merge_metrics",
+    "own_metrics",
     "pack_arrays",
     "split_request",
     "unpack_arrays",
+    "with_budget",
 ]

@@ -1,7 +1,13 @@
-"""Requests: a batch of queries with its filters, k, knobs and budget, for each role."""
+"""Requests: a batch of queries with its filters, k, search parameters and budget, for each role.
+
+One definition per role: the batch fields every request shares live in `_Batch`, each role adds its own.
+A request is validated where it enters a process (`from_event`, and `validate` for a client's batch);
+one that this process built from validated parts is trusted, so it is never checked twice.
+"""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, TypeVar
@@ -11,14 +17,14 @@ from numpy.typing import NDArray
 
 from squash.errors import InvalidInputError, LimitExceededError
 from squash.runtime.protocol.wire import (
-    _F32,
-    _I32,
+    F32,
+    I32,
     MAX_BUDGET_MS,
     MAX_DIM,
     PROTOCOL_VERSION,
+    Event,
     IndexRef,
-    _Event,
-    _fail,
+    fail,
     pack_arrays,
     unpack_arrays,
 )
@@ -28,57 +34,41 @@ from squash.search.queries import MAX_BATCH, FilterSet
 
 Request = TypeVar("Request", "CoordinatorRequest", "AllocatorRequest", "ProcessorRequest")
 
-
-def _decode_filters(exprs: object, of: NDArray[Any], kind: str) -> FilterSet:
-    if not isinstance(exprs, list) or not exprs:
-        raise _fail(kind, "filters", "must be a non-empty list of filter expressions")
-    if len(of) and (of.min() < 0 or of.max() >= len(exprs)):
-        raise _fail(kind, "arrays.filter_of", f"must index into the {len(exprs)} filters")
-    return FilterSet(tuple(exprs), of)
+_BATCH_FIELDS = ("budget_ms", "index", "k", "knobs", "filters", "arrays")
+_QUERY_ARRAYS = {"queries": (F32, 2), "filter_of": (I32, 1)}
 
 
-def _check_queries(queries: NDArray[Any], kind: str) -> None:
-    if queries.dtype != np.float32 or queries.ndim != 2:
-        raise _fail(kind, "queries", f"must be float32 (nq, d), got {queries.dtype} {queries.shape}")
-    nq, dim = queries.shape
-    if not 1 <= nq <= MAX_BATCH:
-        raise LimitExceededError(f"{kind}: field 'queries' must hold 1..{MAX_BATCH} queries, got {nq}")
-    if not 1 <= dim <= MAX_DIM:
-        raise LimitExceededError(f"{kind}: field 'queries' must have 1..{MAX_DIM} dimensions, got {dim}")
-    if not np.isfinite(queries).all():
-        raise _fail(kind, "queries", "must be finite (no NaN or infinity)")
-
-
-def _check_batch(kind: str, queries: NDArray[Any], filters: FilterSet, k: int, knobs: Mapping[str, Any]) -> None:
-    _check_queries(queries, kind)
-    if filters.of.shape != (queries.shape[0],):
-        raise _fail(kind, "filter_of", f"must have one entry per query ({queries.shape[0]}), got {filters.of.shape}")
+def _named(kind: str, field: str, check: Any, *args: Any) -> Any:
+    """``check(*args)``, its error prefixed with the message kind and field."""
     try:
-        check_k(k)
+        return check(*args)
     except InvalidInputError as exc:
-        raise type(exc)(f"{kind}: field 'k': {exc}") from None
+        raise type(exc)(f"{kind}: field {field!r}: {exc}") from None
+
+
+def _params(knobs: object, kind: str) -> SearchParams:
+    """The search parameters of a request's ``knobs``, or an error naming the field."""
     if not isinstance(knobs, Mapping) or not all(isinstance(name, str) for name in knobs):
-        raise _fail(kind, "knobs", "must be an object of search parameters")
-    try:
-        SearchParams.from_knobs(dict(knobs))
-    except InvalidInputError as exc:
-        raise type(exc)(f"{kind}: field 'knobs': {exc}") from None
+        raise fail(kind, "knobs", "must be an object of search parameters")
+    params: SearchParams = _named(kind, "knobs", SearchParams.from_knobs, dict(knobs))
+    return params
 
 
-_BATCH_FIELDS = ("index", "k", "knobs", "filters", "arrays", "budget_ms")
-_QUERY_ARRAYS = {"queries": (_F32, 2), "filter_of": (_I32, 1)}
-
-
-class _Batch:
-    """What every request shares: a query batch with filters, k and search knobs, sliceable by rows."""
+@dataclass(frozen=True, eq=False)
+class _Batch(ABC):
+    """What every request shares: a query batch with its filters and k, sliceable by rows, and the
+    milliseconds the receiver has to answer from its arrival (None: no limit)."""
 
     KIND: ClassVar[str]
+    # Event fields of the role beyond `_BATCH_FIELDS`.
+    FIELDS: ClassVar[tuple[str, ...]]
+    # Whether the index version and build must be pinned (all but a client's request).
+    PINNED: ClassVar[bool] = True
     index: IndexRef
     queries: NDArray[np.float32]
     filters: FilterSet
     k: int
-    knobs: Mapping[str, Any]
-    budget_ms: int | None
+    budget_ms: int | None = field(default=None, kw_only=True)
 
     @property
     def n_queries(self) -> int:
@@ -88,139 +78,173 @@ class _Batch:
         """The same request for a contiguous range of its queries."""
         return replace(self, queries=self.queries[rows], filters=self.filters.take(rows))
 
-    def _batch_event(self) -> dict[str, Any]:
+    def validate(self) -> None:
+        """Check the batch; raise `InvalidInputError` (`LimitExceededError` for sizes) naming the field."""
+        kind, queries = self.KIND, self.queries
+        if queries.dtype != np.float32 or queries.ndim != 2:
+            raise fail(kind, "queries", f"must be float32 (nq, d), got {queries.dtype} {queries.shape}")
+        nq, dim = queries.shape
+        if not 1 <= nq <= MAX_BATCH:
+            raise LimitExceededError(f"{kind}: field 'queries' must hold 1..{MAX_BATCH} queries, got {nq}")
+        if not 1 <= dim <= MAX_DIM:
+            raise LimitExceededError(f"{kind}: field 'queries' must have 1..{MAX_DIM} dimensions, got {dim}")
+        if not np.isfinite(queries).all():
+            raise fail(kind, "queries", "must be finite (no NaN or infinity)")
+        if self.filters.of.shape != (nq,):
+            raise fail(kind, "filter_of", f"must have one entry per query ({nq}), got {self.filters.of.shape}")
+        _named(kind, "k", check_k, self.k)
+        self._validate_role()
+
+    @abstractmethod
+    def _validate_role(self) -> None:
+        """The checks of the role's own fields."""
+
+    def to_event(self) -> dict[str, Any]:
+        """The JSON event; ``budget_ms`` comes first, so a sender can set it in the encoded payload
+        (`squash.runtime.protocol.wire.with_budget`)."""
         return {
+            "budget_ms": self.budget_ms,
             "squash": PROTOCOL_VERSION,
             "kind": self.KIND,
             "index": self.index.to_json(),
             "k": self.k,
-            "knobs": dict(self.knobs),
+            "knobs": self._knobs_json(),
             "filters": list(self.filters.exprs),
             "arrays": pack_arrays({"queries": self.queries, "filter_of": self.filters.of}),
-            "budget_ms": self.budget_ms,
+            **self._role_event(),
         }
 
     @classmethod
-    def _batch_fields(cls, e: _Event, *, pinned: bool) -> dict[str, Any]:
+    def from_event(cls: type[Request], event: object) -> Request:
+        """The request an event holds, fully validated."""
+        e = Event(event, cls.KIND, (*_BATCH_FIELDS, *cls.FIELDS))
         arrays = unpack_arrays(e["arrays"], cls.KIND, _QUERY_ARRAYS)
-        return {
-            "index": IndexRef.from_json(e["index"], cls.KIND, pinned=pinned),
-            "queries": arrays["queries"],
-            "filters": _decode_filters(e["filters"], arrays["filter_of"], cls.KIND),
-            "k": e.int("k", 1),
-            "knobs": e["knobs"],
-            "budget_ms": e.int("budget_ms", 1, MAX_BUDGET_MS, optional=True),
-        }
+        exprs, of = e["filters"], arrays["filter_of"]
+        if not isinstance(exprs, list) or not exprs:
+            raise fail(cls.KIND, "filters", "must be a non-empty list of filter expressions")
+        if len(of) and (of.min() < 0 or of.max() >= len(exprs)):
+            raise fail(cls.KIND, "arrays.filter_of", f"must index into the {len(exprs)} filters")
+        request = cls(
+            IndexRef.from_json(e["index"], cls.KIND, pinned=cls.PINNED),
+            arrays["queries"],
+            FilterSet(tuple(exprs), of),
+            e.int("k", 1),
+            **cls._role_fields(e),
+            budget_ms=e.int("budget_ms", 1, MAX_BUDGET_MS, optional=True),
+        )
+        request.validate()
+        return request
 
+    @abstractmethod
+    def _knobs_json(self) -> dict[str, Any]:
+        """The ``knobs`` field."""
 
-# --- requests ---------------------------------------------------------------------------------------------
+    @abstractmethod
+    def _role_event(self) -> dict[str, Any]:
+        """The event fields of the role (`FIELDS`)."""
+
+    @classmethod
+    @abstractmethod
+    def _role_fields(cls, e: Event) -> dict[str, Any]:
+        """Constructor arguments of the role's own fields, from its event."""
 
 
 @dataclass(frozen=True, eq=False)
 class CoordinatorRequest(_Batch):
-    """A client's batch. ``version`` None means the latest, resolved once and pinned for the whole tree;
-    ``shape`` None lets the coordinator choose the tree from the batch size."""
+    """A client's batch with the search knobs it passed. ``version`` None means the latest, resolved once
+    and pinned for the whole tree; ``shape`` None lets the coordinator choose the tree from the batch size."""
 
     KIND: ClassVar[str] = "coordinator_request"
-    index: IndexRef
-    queries: NDArray[np.float32]
-    filters: FilterSet
-    k: int
+    FIELDS: ClassVar[tuple[str, ...]] = ("branching", "depth")
+    PINNED: ClassVar[bool] = False
     knobs: Mapping[str, Any]
     shape: TreeShape | None = None
-    budget_ms: int | None = field(default=None, kw_only=True)  # ms to answer in from arrival; None: no limit
 
-    def __post_init__(self) -> None:
-        _check_batch(self.KIND, self.queries, self.filters, self.k, self.knobs)
+    def _validate_role(self) -> None:
+        _params(self.knobs, self.KIND)
 
-    def to_event(self) -> dict[str, Any]:
+    def _knobs_json(self) -> dict[str, Any]:
+        return dict(self.knobs)
+
+    def _role_event(self) -> dict[str, Any]:
         shape = self.shape
         return {
-            **self._batch_event(),
             "branching": None if shape is None else shape.branching,
             "depth": None if shape is None else shape.depth,
         }
 
     @classmethod
-    def from_event(cls, event: object) -> CoordinatorRequest:
-        e = _Event(event, cls.KIND, (*_BATCH_FIELDS, "branching", "depth"))
+    def _role_fields(cls, e: Event) -> dict[str, Any]:
         branching, depth = e.int("branching", 1, optional=True), e.int("depth", 0, optional=True)
         if (branching is None) != (depth is None):
-            raise _fail(cls.KIND, "branching", "and 'depth' must be given together (or both null)")
-        shape = None if depth is None else TreeShape(branching, depth)
-        return cls(**cls._batch_fields(e, pinned=False), shape=shape)
+            raise fail(cls.KIND, "branching", "and 'depth' must be given together (or both null)")
+        return {"knobs": e["knobs"], "shape": None if depth is None else TreeShape(branching, depth)}
 
 
 @dataclass(frozen=True, eq=False)
 class AllocatorRequest(_Batch):
-    """The queries of the subtree rooted at allocator ``node`` (at ``level``, 1-based) of a tree ``shape``."""
+    """The queries of the subtree rooted at allocator ``node`` (at ``level``, 1-based) of a tree ``shape``,
+    with the client's search knobs."""
 
     KIND: ClassVar[str] = "allocator_request"
-    index: IndexRef
-    queries: NDArray[np.float32]
-    filters: FilterSet
-    k: int
+    FIELDS: ClassVar[tuple[str, ...]] = ("branching", "depth", "node", "level")
     knobs: Mapping[str, Any]
     shape: TreeShape
     node: int
     level: int
-    budget_ms: int | None = field(default=None, kw_only=True)  # ms to answer in from arrival; None: no limit
 
-    def __post_init__(self) -> None:
-        _check_batch(self.KIND, self.queries, self.filters, self.k, self.knobs)
-        if not self.index.pinned:
-            raise _fail(self.KIND, "index", "must pin the version and build")
+    def _validate_role(self) -> None:
+        _params(self.knobs, self.KIND)
         if not 1 <= self.level <= self.shape.depth:
-            raise _fail(self.KIND, "level", f"must be in 1..{self.shape.depth}, got {self.level}")
+            raise fail(self.KIND, "level", f"must be in 1..{self.shape.depth}, got {self.level}")
         if not 0 <= self.node < self.shape.allocators:
-            raise _fail(self.KIND, "node", f"must be in 0..{self.shape.allocators - 1}, got {self.node}")
+            raise fail(self.KIND, "node", f"must be in 0..{self.shape.allocators - 1}, got {self.node}")
 
-    def to_event(self) -> dict[str, Any]:
-        return {
-            **self._batch_event(),
-            "branching": self.shape.branching,
-            "depth": self.shape.depth,
-            "node": self.node,
-            "level": self.level,
-        }
+    def _knobs_json(self) -> dict[str, Any]:
+        return dict(self.knobs)
+
+    def _role_event(self) -> dict[str, Any]:
+        return {"branching": self.shape.branching, "depth": self.shape.depth, "node": self.node, "level": self.level}
 
     @classmethod
-    def from_event(cls, event: object) -> AllocatorRequest:
-        e = _Event(event, cls.KIND, (*_BATCH_FIELDS, "branching", "depth", "node", "level"))
-        shape = TreeShape(e.int("branching", 1), e.int("depth", 1))
-        return cls(**cls._batch_fields(e, pinned=True), shape=shape, node=e.int("node", 0), level=e.int("level", 1))
+    def _role_fields(cls, e: Event) -> dict[str, Any]:
+        return {
+            "knobs": e["knobs"],
+            "shape": TreeShape(e.int("branching", 1), e.int("depth", 1)),
+            "node": e.int("node", 0),
+            "level": e.int("level", 1),
+        }
 
 
 @dataclass(frozen=True, eq=False)
 class ProcessorRequest(_Batch):
-    """Search one partition for every query of the batch; ``probes[i]`` fine lists for query i (>= 1)."""
+    """Search one partition for every query of the batch with ``params`` (its ``knobs`` on the wire, every
+    parameter given); ``probes[i]`` fine lists for query i (>= 1)."""
 
     KIND: ClassVar[str] = "processor_request"
-    index: IndexRef
-    queries: NDArray[np.float32]
-    filters: FilterSet
-    k: int
-    knobs: Mapping[str, Any]
+    FIELDS: ClassVar[tuple[str, ...]] = ("partition", "probes")
+    params: SearchParams
     partition: int
     probes: NDArray[np.int32]
-    budget_ms: int | None = field(default=None, kw_only=True)  # ms to answer in from arrival; None: no limit
-
-    def __post_init__(self) -> None:
-        _check_batch(self.KIND, self.queries, self.filters, self.k, self.knobs)
-        if not self.index.pinned:
-            raise _fail(self.KIND, "index", "must pin the version and build")
-        probes = self.probes
-        if probes.dtype != _I32 or probes.shape != (self.n_queries,) or (probes < 1).any():
-            raise _fail(self.KIND, "probes", f"must be {self.n_queries} int32 list counts, each at least 1")
 
     def take(self, rows: slice) -> ProcessorRequest:
         return replace(self, queries=self.queries[rows], filters=self.filters.take(rows), probes=self.probes[rows])
 
-    def to_event(self) -> dict[str, Any]:
-        return {**self._batch_event(), "partition": self.partition, "probes": pack_arrays({"probes": self.probes})}
+    def _validate_role(self) -> None:
+        probes = self.probes
+        if probes.dtype != I32 or probes.shape != (self.n_queries,) or (probes < 1).any():
+            raise fail(self.KIND, "probes", f"must be {self.n_queries} int32 list counts, each at least 1")
+
+    def _knobs_json(self) -> dict[str, Any]:
+        return self.params.to_dict()
+
+    def _role_event(self) -> dict[str, Any]:
+        return {"partition": self.partition, "probes": pack_arrays({"probes": self.probes})}
 
     @classmethod
-    def from_event(cls, event: object) -> ProcessorRequest:
-        e = _Event(event, cls.KIND, (*_BATCH_FIELDS, "partition", "probes"))
-        probes = unpack_arrays(e["probes"], cls.KIND, {"probes": (_I32, 1)})["probes"]
-        return cls(**cls._batch_fields(e, pinned=True), partition=e.int("partition", 0), probes=probes)
+    def _role_fields(cls, e: Event) -> dict[str, Any]:
+        return {
+            "params": _params(e["knobs"], cls.KIND),
+            "partition": e.int("partition", 0),
+            "probes": unpack_arrays(e["probes"], cls.KIND, {"probes": (I32, 1)})["probes"],
+        }

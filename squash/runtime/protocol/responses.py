@@ -6,26 +6,23 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
-from squash.compute.base import encode_event
 from squash.errors import InvalidInputError, LimitExceededError
 from squash.format.keys import MAX_VERSION, is_build_id
+from squash.runtime.protocol.metrics import BYTES_PER_FUNCTION, Metrics, check_metrics, merge_metrics
 from squash.runtime.protocol.requests import AllocatorRequest, CoordinatorRequest, ProcessorRequest, Request
 from squash.runtime.protocol.wire import (
-    _BYTES_PER_FUNCTION,
-    _ENVELOPE_BYTES,
-    _F32,
-    _I64,
+    ENVELOPE_BYTES,
+    F32,
+    I64,
     PROTOCOL_VERSION,
-    Metrics,
-    _Event,
-    _fail,
-    check_metrics,
-    merge_metrics,
+    Event,
+    encode_event,
+    fail,
     pack_arrays,
     unpack_arrays,
 )
@@ -36,10 +33,10 @@ from squash.search.result import STAT_FIELDS
 
 _BOOL = np.dtype("|b1")
 _RESULT_ARRAYS = {
-    "ids": (_I64, 2),
-    "distances": (_F32, 2),
+    "ids": (I64, 2),
+    "distances": (F32, 2),
     "complete": (_BOOL, 1),
-    **{f"stats.{name}": (_I64, 1) for name in STAT_FIELDS},
+    **{f"stats.{name}": (I64, 1) for name in STAT_FIELDS},
 }
 # Longest error message kept per unsearched partition, so failures cannot blow the payload limit.
 _MISSING_MESSAGE_CHARS = 500
@@ -67,7 +64,7 @@ class Missing:
             or not isinstance(value["error"], str)
             or not isinstance(value["message"], str)
         ):
-            raise _fail(
+            raise fail(
                 kind, "missing", f"entries must be {{partition: int >= 0, error: str, message: str}}, got {value!r}"
             )
         return cls(value["partition"], value["error"], value["message"])
@@ -76,9 +73,13 @@ class Missing:
 @dataclass(frozen=True, eq=False)
 class _Results:
     """Top-k per query (ids int64 (nq, k) padded with -1, distances float32 (nq, k)), per-query stats and
-    the metrics of every function that took part, keyed by function name."""
+    the metrics of every function that took part, keyed by function name.
+
+    Validated where it enters a process (`from_event`); one this process built is trusted."""
 
     KIND: ClassVar[str]
+    # Event fields beyond `_RESULT_FIELDS`.
+    FIELDS: ClassVar[tuple[str, ...]] = ()
     ids: NDArray[np.int64]
     distances: NDArray[np.float32]
     stats: Mapping[str, NDArray[np.int64]]
@@ -88,29 +89,27 @@ class _Results:
     missing: tuple[Missing, ...] = field(default=(), kw_only=True)
 
     def __post_init__(self) -> None:
-        kind = self.KIND
         if self.complete is None:
             object.__setattr__(self, "complete", np.ones(self.ids.shape[:1], dtype=bool))
-        elif self.complete.dtype != np.bool_ or self.complete.shape != self.ids.shape[:1]:
-            raise _fail(kind, "complete", f"must be bool ({self.ids.shape[0]},), got {self.complete.dtype}")
-        if self.ids.dtype != np.int64 or self.ids.ndim != 2:
-            raise _fail(kind, "ids", f"must be int64 (nq, k), got {self.ids.dtype} {self.ids.shape}")
-        if self.distances.dtype != np.float32 or self.distances.shape != self.ids.shape:
-            raise _fail(
-                kind,
-                "distances",
-                f"must be float32 {self.ids.shape}, got {self.distances.dtype} {self.distances.shape}",
-            )
-        if (self.ids < -1).any() or np.isnan(self.distances).any():
-            raise _fail(kind, "ids", "must be >= -1 with distances that are not NaN")
-        if set(self.stats) != set(STAT_FIELDS):
-            raise _fail(kind, "stats", f"must hold exactly {list(STAT_FIELDS)}, got {sorted(self.stats)}")
-        for name, values in self.stats.items():
-            if values.dtype != np.int64 or values.shape != self.ids.shape[:1]:
-                raise _fail(kind, f"stats.{name}", f"must be int64 ({self.ids.shape[0]},)")
+
+    def validate(self) -> None:
+        """Check shapes, dtypes, values and metrics; raise `InvalidInputError` naming the field."""
+        kind, ids = self.KIND, self.ids
+        if ids.dtype != np.int64 or ids.ndim != 2:
+            raise fail(kind, "ids", f"must be int64 (nq, k), got {ids.dtype} {ids.shape}")
+        if self.distances.dtype != np.float32 or self.distances.shape != ids.shape:
+            got = f"{self.distances.dtype} {self.distances.shape}"
+            raise fail(kind, "distances", f"must be float32 {ids.shape}, got {got}")
+        if (ids < -1).any() or np.isnan(self.distances).any():
+            raise fail(kind, "ids", "must be >= -1 with distances that are not NaN")
+        rows: list[tuple[str, NDArray[Any], np.dtype[Any]]] = [("complete", self.complete, _BOOL)]
+        rows += [(f"stats.{name}", values, I64) for name, values in self.stats.items()]
+        for name, values, dtype in rows:
+            if values.dtype != dtype or values.shape != ids.shape[:1]:
+                raise fail(kind, name, f"must be {dtype} ({ids.shape[0]},), got {values.dtype} {values.shape}")
         check_metrics(self.metrics, kind)
 
-    def _results_event(self) -> dict[str, Any]:
+    def to_event(self) -> dict[str, Any]:
         arrays = {"ids": self.ids, "distances": self.distances, "complete": self.complete}
         arrays.update({f"stats.{name}": values for name, values in self.stats.items()})
         return {
@@ -119,67 +118,70 @@ class _Results:
             "metrics": self.metrics,
             "missing": [m.to_json() for m in self.missing],
             "arrays": pack_arrays(arrays),
+            **self._role_event(),
         }
 
     @classmethod
-    def _results_fields(cls, e: _Event) -> dict[str, Any]:
+    def from_event(cls: type[_R], event: object) -> _R:
+        """The response an event holds, fully validated."""
+        e = Event(event, cls.KIND, (*_RESULT_FIELDS, *cls.FIELDS))
         arrays = unpack_arrays(e["arrays"], cls.KIND, _RESULT_ARRAYS)
-        stats = {name: arrays[f"stats.{name}"] for name in STAT_FIELDS}
         missing = e["missing"]
         if not isinstance(missing, list):
-            raise _fail(cls.KIND, "missing", f"must be a list, got {type(missing).__name__}")
-        return {
-            "ids": arrays["ids"],
-            "distances": arrays["distances"],
-            "stats": stats,
-            "metrics": e["metrics"],
-            "complete": arrays["complete"],
-            "missing": tuple(Missing.from_json(m, cls.KIND) for m in missing),
-        }
+            raise fail(cls.KIND, "missing", f"must be a list, got {type(missing).__name__}")
+        response = cls(
+            arrays["ids"],
+            arrays["distances"],
+            {name: arrays[f"stats.{name}"] for name in STAT_FIELDS},
+            e["metrics"],
+            complete=arrays["complete"],
+            missing=tuple(Missing.from_json(m, cls.KIND) for m in missing),
+            **cls._role_fields(e),
+        )
+        response.validate()
+        return response
 
-    @staticmethod
-    def _joined(parts: Sequence[_Results]) -> dict[str, Any]:
-        """Fields of the row-wise concatenation of responses to consecutive slices of one request."""
-        return {
-            "ids": np.concatenate([p.ids for p in parts]),
-            "distances": np.concatenate([p.distances for p in parts]),
-            "stats": {name: np.concatenate([p.stats[name] for p in parts]) for name in STAT_FIELDS},
-            "metrics": merge_metrics(p.metrics for p in parts),
-            "complete": np.concatenate([p.complete for p in parts]),
-            "missing": tuple(m for p in parts for m in p.missing),
-        }
+    @classmethod
+    def concat(cls: type[_R], parts: Sequence[_R]) -> _R:
+        """The row-wise concatenation of responses to consecutive slices of one request."""
+        return cls(
+            np.concatenate([p.ids for p in parts]),
+            np.concatenate([p.distances for p in parts]),
+            {name: np.concatenate([p.stats[name] for p in parts]) for name in STAT_FIELDS},
+            merge_metrics(p.metrics for p in parts),
+            complete=np.concatenate([p.complete for p in parts]),
+            missing=tuple(m for p in parts for m in p.missing),
+            **cls._role_joined(parts),
+        )
+
+    def _role_event(self) -> dict[str, Any]:
+        """The event fields of the role (`FIELDS`); processors and allocators have none."""
+        return {}
+
+    @classmethod
+    def _role_fields(cls, e: Event) -> dict[str, Any]:
+        """Constructor arguments of the role's own fields, from its event."""
+        return {}
+
+    @classmethod
+    def _role_joined(cls, parts: Sequence[Any]) -> dict[str, Any]:
+        """Constructor arguments of the role's own fields for `concat`."""
+        return {}
+
+
+_R = TypeVar("_R", bound=_Results)
+_ESTIMATE_ARRAYS = {"recall_estimate": (F32, 1)}
+_RESULT_FIELDS = ("metrics", "missing", "arrays")
 
 
 @dataclass(frozen=True, eq=False)
 class ProcessorResponse(_Results):
     KIND: ClassVar[str] = "processor_response"
 
-    def to_event(self) -> dict[str, Any]:
-        return self._results_event()
-
-    @classmethod
-    def from_event(cls, event: object) -> ProcessorResponse:
-        return cls(**cls._results_fields(_Event(event, cls.KIND, ("metrics", "missing", "arrays"))))
-
-    @classmethod
-    def concat(cls, parts: Sequence[ProcessorResponse]) -> ProcessorResponse:
-        return cls(**cls._joined(parts))
-
 
 @dataclass(frozen=True, eq=False)
 class AllocatorResponse(_Results):
     KIND: ClassVar[str] = "allocator_response"
-
-    def to_event(self) -> dict[str, Any]:
-        return self._results_event()
-
-    @classmethod
-    def from_event(cls, event: object) -> AllocatorResponse:
-        return cls(**cls._results_fields(_Event(event, cls.KIND, ("metrics", "missing", "arrays"))))
-
-    @classmethod
-    def concat(cls, parts: Sequence[AllocatorResponse]) -> AllocatorResponse:
-        return cls(**cls._joined(parts))
 
 
 @dataclass(frozen=True, eq=False)
@@ -187,24 +189,22 @@ class CoordinatorResponse(_Results):
     """Also says which index version (and build) answered and the tree that did (depth 0: no allocators)."""
 
     KIND: ClassVar[str] = "coordinator_response"
+    FIELDS: ClassVar[tuple[str, ...]] = ("version", "build", "branching", "depth", "estimates")
     version: int
     build: str
     shape: TreeShape
     recall_estimate: NDArray[np.float32]  # per query: the calibrated recall of its effort (1.0: exact)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def validate(self) -> None:
+        super().validate()
         estimate = self.recall_estimate
-        if estimate.dtype != _F32 or estimate.shape != self.ids.shape[:1]:
-            raise _fail(self.KIND, "recall_estimate", f"must be float32 ({self.ids.shape[0]},)")
-        if isinstance(self.version, bool) or not isinstance(self.version, int) or not 1 <= self.version <= MAX_VERSION:
-            raise _fail(self.KIND, "version", f"must be an integer in 1..{MAX_VERSION}, got {self.version!r}")
+        if estimate.dtype != F32 or estimate.shape != self.ids.shape[:1]:
+            raise fail(self.KIND, "recall_estimate", f"must be float32 ({self.ids.shape[0]},)")
         if not is_build_id(self.build):
-            raise _fail(self.KIND, "build", f"must be a build id, got {self.build!r}")
+            raise fail(self.KIND, "build", f"must be a build id, got {self.build!r}")
 
-    def to_event(self) -> dict[str, Any]:
+    def _role_event(self) -> dict[str, Any]:
         return {
-            **self._results_event(),
             "version": self.version,
             "build": self.build,
             "branching": self.shape.branching,
@@ -213,32 +213,25 @@ class CoordinatorResponse(_Results):
         }
 
     @classmethod
-    def from_event(cls, event: object) -> CoordinatorResponse:
-        e = _Event(
-            event, cls.KIND, ("metrics", "missing", "arrays", "version", "build", "branching", "depth", "estimates")
-        )
-        shape = TreeShape(e.int("branching", 1), e.int("depth", 0))
-        estimate = unpack_arrays(e["estimates"], cls.KIND, {"recall_estimate": (_F32, 1)})["recall_estimate"]
-        return cls(
-            **cls._results_fields(e),
-            version=e.int("version", 1, MAX_VERSION),
-            build=e["build"],
-            shape=shape,
-            recall_estimate=estimate,
-        )
+    def _role_fields(cls, e: Event) -> dict[str, Any]:
+        return {
+            "version": e.int("version", 1, MAX_VERSION),
+            "build": e["build"],
+            "shape": TreeShape(e.int("branching", 1), e.int("depth", 0)),
+            "recall_estimate": unpack_arrays(e["estimates"], cls.KIND, _ESTIMATE_ARRAYS)["recall_estimate"],
+        }
 
     @classmethod
-    def concat(cls, parts: Sequence[CoordinatorResponse]) -> CoordinatorResponse:
+    def _role_joined(cls, parts: Sequence[Any]) -> dict[str, Any]:
         answered = {(p.version, p.build) for p in parts}
         if len(answered) != 1:
             raise InvalidInputError(f"parts of one batch were answered by different index builds {sorted(answered)}")
-        return cls(
-            **cls._joined(parts),
-            version=parts[0].version,
-            build=parts[0].build,
-            shape=parts[0].shape,
-            recall_estimate=np.concatenate([p.recall_estimate for p in parts]),
-        )
+        return {
+            "version": parts[0].version,
+            "build": parts[0].build,
+            "shape": parts[0].shape,
+            "recall_estimate": np.concatenate([p.recall_estimate for p in parts]),
+        }
 
 
 RESPONSES: dict[type, type[_Results]] = {
@@ -253,23 +246,24 @@ RESPONSES: dict[type, type[_Results]] = {
 
 def response_bytes(n_queries: int, k: int, functions: int) -> int:
     """Upper bound on the response to ``n_queries`` queries at ``k``, with metrics of ``functions``."""
-    raw = n_queries * (k * (_I64.itemsize + _F32.itemsize) + len(STAT_FIELDS) * _I64.itemsize + _BOOL.itemsize)
-    return 4 * (raw + 2) // 3 + _ENVELOPE_BYTES + functions * _BYTES_PER_FUNCTION
+    raw = n_queries * (k * (I64.itemsize + F32.itemsize) + len(STAT_FIELDS) * I64.itemsize + _BOOL.itemsize)
+    return 4 * (raw + 2) // 3 + ENVELOPE_BYTES + functions * BYTES_PER_FUNCTION
 
 
-def split_request(request: Request, limit: int, functions: int) -> list[tuple[Request, dict[str, Any]]]:
-    """(part, event) pairs whose events and expected responses each fit in ``limit`` bytes of JSON.
+def split_request(request: Request, limit: int, functions: int) -> list[tuple[Request, bytes]]:
+    """(part, payload) pairs whose encoded events and expected responses each fit in ``limit`` bytes.
 
     Splits the query batch into consecutive slices; the responses, concatenated in order, answer the
-    whole request. ``functions`` bounds the function names whose metrics the response may carry.
+    whole request. ``functions`` bounds the function names whose metrics the response may carry. Each
+    part is encoded once, here: its payload is what is sent (`squash.runtime.calls.call`).
 
     Raises:
         LimitExceededError: a single query's request or response alone is over the limit.
     """
-    event = request.to_event()
-    size = max(len(encode_event(event)), response_bytes(request.n_queries, request.k, functions))
+    payload = encode_event(request.to_event())
+    size = max(len(payload), response_bytes(request.n_queries, request.k, functions))
     if size <= limit:
-        return [(request, event)]
+        return [(request, payload)]
     n = request.n_queries
     if n == 1:
         raise LimitExceededError(
