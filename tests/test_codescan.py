@@ -93,3 +93,11 @@ def test_select_depth_equals_the_exact_top_depth_under_any_rounding(seed: int) -
         chosen = got[i][got[i] >= 0]
         assert sorted(chosen.tolist()) == sorted(want.tolist()), i
         assert len(chosen) == min(depth[i], len(finite))
+
+
+def test_spans_below_float32_resolution_still_encode() -> None:
+    z = np.zeros((5, 3), dtype=np.float32)
+    z[1, 0] = np.float32(1e-44)  # subnormal: span / 255 underflows float32
+    sc = ScalarCodes.encode(z)
+    assert (sc.step > 0).all() and np.isfinite(sc.error).all()
+    assert sc.error.max() <= 1e-44

@@ -40,8 +40,9 @@ class ScalarCodes:
         else:
             lo = rotated.min(axis=0).astype(np.float32)
             span = rotated.max(axis=0).astype(np.float64) - lo
-            # A constant dimension still needs a positive step; its codes are all 0 and decode exactly.
-            step = np.where(span > 0, span / LEVELS, 1.0).astype(np.float32)
+            # A constant dimension still needs a positive step (its codes are all 0 and decode exactly), and
+            # a span below float32's smallest normal step keeps that step (its cells are then not filled).
+            step = np.where(span > 0, np.maximum(span / LEVELS, np.finfo(np.float32).tiny), 1.0).astype(np.float32)
         codes = np.empty((n, d), dtype=np.uint8)
         norms = np.empty(n, dtype=np.float32)
         error = np.empty(n, dtype=np.float32)
