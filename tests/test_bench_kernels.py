@@ -58,11 +58,12 @@ def test_a_kernel_that_computes_something_else_is_caught() -> None:
     assert [t.agrees for t in timings] == [True, False, False]
 
 
-def test_ranking_quality_is_a_share_per_estimate(results: kernels.Results) -> None:
+def test_ranking_quality_is_a_share_per_estimate(results: kernels.Results, installed: dict) -> None:
     assert [(row["D"], row["n"]) for row in results.quality] == [(64, 64), (128, 64)]
     for row in results.quality:
         shares = [v for k, v in row.items() if k not in ("D", "n")]
         assert len(shares) == 4 and all(0.0 <= s <= 1.0 for s in shares)
+    assert [row[:2] for row in results.packing] == ([[64, 64], [128, 64]] if "numkong" in installed else [])
 
 
 def test_run_without_the_compiled_libraries_notes_them_and_writes_every_table(

@@ -101,6 +101,7 @@ class Timing:
 class Results:
     timings: list[Timing] = field(default_factory=list)
     quality: list[dict[str, object]] = field(default_factory=list)
+    packing: list[list[object]] = field(default_factory=list)  # numkong's packed codes: load cost and size
     notes: list[str] = field(default_factory=list)
 
 
@@ -369,6 +370,13 @@ def hamming_variants(dim: int, rows: int, queries: int, seed: int, libs: dict[st
     return out
 
 
+def packing_row(nk: ModuleType, dim: int, rows: int, budget: float) -> list[object]:
+    """What numkong's packed int8 codes cost at load (ns per row) and hold (bytes per row) against the raw codes."""
+    signed = np.random.default_rng(dim).integers(-128, 128, size=(rows, dim), dtype=np.int8)
+    seconds = seconds_per_call(lambda: nk.dots_pack(signed), budget)
+    return [dim, rows, f"{seconds / rows * 1e9:.1f}", dim, f"{nk.dots_pack(signed).nbytes / rows:.0f}", 4 * dim]
+
+
 def ranking_quality(dim: int, rows: int, queries: int, seed: int) -> dict[str, object]:
     """Share of the true top-10 within each estimate's top-64: what an 8- or 4-bit query costs in ranking."""
     data = list_data(dim, rows, queries, seed)
@@ -501,9 +509,16 @@ def report(results: Results, deps: list[list[object]], header: str, command: str
         "and the speedup over the first numpy column. Compiled integer kernels take an int8 query and c - 128 codes.",
         "## (a) code scan: (q'∘step)·c for every pair of a list\n\n"
         + kernel_table(results.timings, "scan", ["D", "rows", "queries"]),
+        "numkong packs codes once, when a partition loads:\n\n"
+        + markdown_table(
+            ["D", "rows", "dots_pack ns/row", "i8 code B/row", "packed B/row", "f32 B/row"], results.packing
+        )
+        if results.packing
+        else "",
         "## (b) 4-bit codes\n\n" + kernel_table(results.timings, "4-bit", ["D", "rows", "queries"]),
         "Bytes per row:\n\n" + markdown_table(["D", "8-bit codes", "4-bit codes", "sign bits"], byte_rows),
-        f"Ranking quality (share of the true top-{TRUE_K} in the estimate's top-{SHORT_LIST}, synthetic list):\n\n"
+        f"Ranking quality of 8- and 4-bit codes and queries: share of the true top-{TRUE_K} in the estimate's "
+        f"top-{SHORT_LIST} (synthetic Gaussian list, 200 queries):\n\n"
         + markdown_table(list(results.quality[0]), [list(r.values()) for r in results.quality])
         if results.quality
         else "",
@@ -551,6 +566,8 @@ def bench(
                     hamming = hamming_variants(dim, rows, queries, dim + rows, libs)
                     results.timings += measure("hamming", case, pairs, hamming, budget)
                 results.quality.append(ranking_quality(dim, rows, 200, seed=dim + rows))
+                if "numkong" in libs:
+                    results.packing.append(packing_row(libs["numkong"], dim, rows, budget))
             rng = np.random.default_rng(dim)
             vectors = rng.normal(size=(partition_rows, dim)).astype(np.float32)
             for queries in RERANK_QUERIES:
