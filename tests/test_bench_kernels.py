@@ -59,10 +59,13 @@ def test_a_kernel_that_computes_something_else_is_caught() -> None:
 
 
 def test_ranking_quality_is_a_share_per_estimate(results: kernels.Results, installed: dict) -> None:
-    assert [(row["D"], row["n"]) for row in results.quality] == [(64, 64), (128, 64)]
+    kinds = [("8-bit", "f32"), ("8-bit", "8-bit"), ("4-bit", "f32"), ("4-bit", "4-bit")]
+    assert [(r["D"], r["rows"], r["codes"], r["query"]) for r in results.quality] == [
+        (d, 64, *kind) for d in (64, 128) for kind in kinds
+    ]
     for row in results.quality:
-        shares = [v for k, v in row.items() if k not in ("D", "n")]
-        assert len(shares) == 4 and all(0.0 <= s <= 1.0 for s in shares)
+        shares = [row["in top-10"], row["in top-20"], row["in top-64"]]
+        assert 0.0 <= shares[0] <= shares[1] <= shares[2] == 1.0  # the top-64 of 64 rows holds everything
     assert [row[:2] for row in results.packing] == ([[64, 64], [128, 64]] if "numkong" in installed else [])
 
 
