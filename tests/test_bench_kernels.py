@@ -102,3 +102,11 @@ def test_avx2_only_leaves_the_compiled_libraries_haswell_kernels(installed: dict
             for capability, on in before[name].items():
                 if on and capability != "serial":  # serial cannot be switched
                     lib.enable_capability(capability)
+
+
+def test_numpy_without_bitwise_count_skips_hamming_with_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(np, "bitwise_count")  # numpy < 2.0, which the project still allows
+    results = kernels.bench((64,), (64,), (2,), (10,), 1e-4, {}, partition_rows=200)
+    assert {t.kernel for t in results.timings} == {"scan", "4-bit", "re-rank"}
+    assert any("no bitwise_count" in note for note in results.notes)
+    assert "## (d) Hamming" in kernels.report(results, [], "header", "command")

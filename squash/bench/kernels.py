@@ -115,7 +115,7 @@ def optional(distribution: str, notes: list[str]) -> ModuleType | None:
 
 
 def limit_to_avx2(libs: dict[str, ModuleType]) -> None:
-    """Turn off the compiled libraries' kernels above AVX2 (x86 Lambda hosts guarantee no more); usearch's are fixed."""
+    """Turn off the compiled libraries' kernels above AVX2, as on an x86 host without AVX-512; usearch's are fixed."""
     for name in ("simsimd", "numkong"):
         if name in libs:
             for capability, enabled in libs[name].get_capabilities().items():
@@ -558,6 +558,9 @@ def bench(
 ) -> Results:
     results = Results()
     list_rows, sharing, rerank_rows = list(list_rows), list(sharing), list(rerank_rows)
+    popcount = hasattr(np, "bitwise_count")
+    if not popcount:
+        results.notes.append(f"numpy {np.__version__} has no bitwise_count (numpy >= 2.0): Hamming is skipped")
     with threadpool_limits(1):
         for dim in dims:
             for rows in list_rows:
@@ -566,8 +569,9 @@ def bench(
                     case, pairs = (dim, rows, queries), rows * queries
                     results.timings += measure("scan", case, pairs, scan_variants(data, libs), budget)
                     results.timings += measure("4-bit", case, pairs, four_bit_variants(data, libs), budget)
-                    hamming = hamming_variants(dim, rows, queries, dim + rows, libs)
-                    results.timings += measure("hamming", case, pairs, hamming, budget)
+                    if popcount:
+                        hamming = hamming_variants(dim, rows, queries, dim + rows, libs)
+                        results.timings += measure("hamming", case, pairs, hamming, budget)
                 if "numkong" in libs:
                     results.packing.append(packing_row(libs["numkong"], dim, rows, budget))
             results.quality += ranking_quality(dim, max(list_rows), 200, seed=dim)
