@@ -11,6 +11,7 @@ from squash.errors import SquashError
 # name -> (module, one-line help); `squash bench NAME ...` passes its arguments to module.run(argv).
 BENCHMARKS = {
     "cost": ("squash.bench.cost", "QPS, recall and $ per query vs allocators; cost vs S3 Vectors, turbopuffer, EC2"),
+    "kernels": ("squash.bench.kernels", "numpy vs compiled SIMD kernels: code scan, 4-bit tables, re-rank, Hamming"),
     "osq": ("squash.bench.osq", "OSQ recall and encode speed vs faiss SQ/PQ at equal bytes"),
     "partition": ("squash.bench.partition", "balanced k-means time, balance and neighbour locality"),
     "recall": ("squash.bench.recall", "recall@10, its estimate and QPS at default settings, old defaults, hard cases"),
