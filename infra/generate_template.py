@@ -92,6 +92,11 @@ Parameters:
     Default: "0.6"
     AllowedPattern: "^(0?\\\\.[0-9]*[1-9][0-9]*|1(\\\\.0*)?)$"
     Description: Share of a container's memory that may hold cached partitions, in (0, 1].
+  RerankVectors:
+    Type: String
+    Default: auto
+    AllowedValues: [auto, memory, ranged]
+    Description: Where processors read the raw vectors they re-rank; auto holds them when a slot's partitions fit its cache, else reads rows by ranged GETs.
   QueriesPerAllocator:
     Type: Number
     Default: 50
@@ -152,6 +157,7 @@ Globals:
         SQUASH_ALLOCATOR_FUNCTION: !Sub "${{AWS::StackName}}-allocator"
         SQUASH_PROCESSOR_FUNCTIONS: !Sub "{processor_list}"
         SQUASH_CACHE_FRACTION: !Ref CacheFraction
+        SQUASH_RERANK_VECTORS: !Ref RerankVectors
         SQUASH_QUERIES_PER_ALLOCATOR: !Ref QueriesPerAllocator
         SQUASH_MAX_FAN_OUT: !Ref MaxFanOut
         SQUASH_ALLOCATOR_CONCURRENCY: !Ref AllocatorConcurrency

@@ -29,6 +29,8 @@ ENV_INVOKE_TIMEOUT = "SQUASH_INVOKE_TIMEOUT"
 ENV_INDEX_ROOTS = "SQUASH_INDEX_ROOTS"
 ENV_ALLOCATOR_CONCURRENCY = "SQUASH_ALLOCATOR_CONCURRENCY"
 ENV_PROCESSOR_CONCURRENCY = "SQUASH_PROCESSOR_CONCURRENCY"
+ENV_RERANK_VECTORS = "SQUASH_RERANK_VECTORS"
+RERANK_VECTORS = ("auto", "memory", "ranged")
 
 _DEFAULT_SLOTS = 10
 
@@ -43,6 +45,10 @@ class RuntimeConfig:
         processor_functions: the processor "slots"; partition p always goes to slot ``p % len(...)``.
         memory_mb: memory of one function container (Lambda's ``AWS_LAMBDA_FUNCTION_MEMORY_SIZE``).
         cache_fraction: share of ``memory_mb`` a container may fill with cached partitions.
+        rerank_vectors: where a processor reads the raw vectors it re-ranks from: ``memory`` (held with
+            the partition), ``ranged`` (read row by row from the partition object, so the container holds
+            only codes, ids and attributes: `squash.format.rows`), or ``auto``: held when every partition
+            of the slot fits the cache whole (`holds_vectors`).
         queries_per_allocator: the default tree gives each allocator about this many queries.
         max_branching: widest default tree level (children per node).
         max_allocators: the default tree never has more allocators than this.
@@ -73,6 +79,7 @@ class RuntimeConfig:
     processor_functions: tuple[str, ...] = tuple(f"squash-processor-{i}" for i in range(_DEFAULT_SLOTS))
     memory_mb: int = 2048
     cache_fraction: float = 0.6
+    rerank_vectors: str = "auto"
     queries_per_allocator: int = 50
     max_branching: int = 10
     max_allocators: int = 256
@@ -98,6 +105,7 @@ class RuntimeConfig:
             (len(set(names)) == len(names), "every function name must be distinct"),
             (self.memory_mb >= 128, "memory_mb must be >= 128"),
             (0.0 < self.cache_fraction <= 1.0, "cache_fraction must be in (0, 1]"),
+            (self.rerank_vectors in RERANK_VECTORS, f"rerank_vectors must be one of {', '.join(RERANK_VECTORS)}"),
             (self.queries_per_allocator >= 1, "queries_per_allocator must be >= 1"),
             (self.max_branching >= 1, "max_branching must be >= 1"),
             (self.max_allocators >= 1, "max_allocators must be >= 1"),
@@ -129,6 +137,14 @@ class RuntimeConfig:
     def cache_budget(self) -> int:
         """Bytes of partition data a processor container keeps warm."""
         return int(self.memory_mb * (1 << 20) * self.cache_fraction)
+
+    def holds_vectors(self, object_bytes: int, n_partitions: int) -> bool:
+        """Whether a processor holds a partition's raw vectors: with ``auto``, when the partitions its slot
+        serves, each about ``object_bytes`` in storage, all fit the cache budget whole."""
+        if self.rerank_vectors != "auto":
+            return self.rerank_vectors == "memory"
+        per_slot = -(-n_partitions // len(self.processor_functions))
+        return per_slot * object_bytes <= self.cache_budget
 
     def processor_for(self, partition: int) -> str:
         """The processor slot of ``partition``.
@@ -174,6 +190,8 @@ class RuntimeConfig:
         ):
             if env.get(variable):
                 values[name] = _env_number(env, variable, kind, None)
+        if env.get(ENV_RERANK_VECTORS):
+            values["rerank_vectors"] = env[ENV_RERANK_VECTORS].strip()
         roots = env.get(ENV_INDEX_ROOTS, "").strip()
         values["index_roots"] = None if roots == ANY else tuple(r.strip() for r in roots.split(",") if r.strip())
         return replace(cls(), **values)  # type: ignore[arg-type]

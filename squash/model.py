@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -40,6 +40,22 @@ class Metric(StrEnum):
             raise InvalidInputError(f"unknown metric {value!r}; use one of {', '.join(m.value for m in cls)}") from None
 
 
+class Rows(Protocol):
+    """What the re-rank needs of the raw vectors: an (n, D) array, or rows read on demand
+    (`squash.format.rows.RangedRows`), indexed by integer arrays only."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def dtype(self) -> np.dtype[Any]: ...
+
+    @property
+    def nbytes(self) -> int: ...
+
+    def __getitem__(self, rows: Any) -> NDArray[Any]: ...
+
+
 @dataclass(frozen=True)
 class PartitionData:
     """Everything a processor needs to search one partition.
@@ -58,7 +74,7 @@ class PartitionData:
     scalar: ScalarCodes
     attr_codes: NDArray[np.uint8]
     attr_raw: Mapping[str, NDArray[Any]]
-    vectors: NDArray[Any]
+    vectors: Rows
     list_starts: NDArray[np.int64]
     list_centroids: NDArray[np.float32]
     vector_norms: NDArray[np.float32]

@@ -279,6 +279,7 @@ def test_lru_evicts_under_a_tiny_budget(built: Built) -> None:
         memory_mb=128,
         cache_fraction=budget / (128 << 20),
         hedge_min_seconds=3600.0,
+        rerank_vectors="memory",  # the sizes above hold the vectors; auto would not under this budget
     )
     client = squash.Client(built.uri, config=config)
     first = client.query_batch(built.queries, 10, depth=0, exact=True)

@@ -7,7 +7,9 @@ the vectors issues a single ranged GET)::
     ids (n,) <i8, lists.starts (L+1,) <i8, lists.centroids (L, D) <f4,
     attr_codes (n, A) |u1, attr.<name> (n,) per attribute in schema order,
     scalar.lo (D,) <f4, scalar.step (D,) <f4, scalar.codes (n, D) |u1, scalar.norms (n,) <f4,
-    scalar.error (n,) <f4, vectors.norms (n,) <f4, vectors (n, D) |u1 or <f4
+    scalar.error (n,) <f4, vectors.norms (n,) <f4, vectors.crc (n,) <u4, vectors (n, D) |u1 or <f4
+
+``vectors.crc`` holds each raw vector's crc32, so a row read alone (`squash.format.rows`) is verified too.
 
 The header meta records the partition id, the counts and the attribute names in order.
 """
@@ -21,6 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from squash.errors import CorruptObjectError
+from squash.format.rows import row_checksums
 from squash.format.sections import ContainerHeader, pack
 from squash.model import PartitionData
 from squash.osq import Rotation
@@ -30,6 +33,7 @@ MAGIC = b"SQSHPART"
 
 ATTR_PREFIX = "attr."
 VECTORS = "vectors"
+VECTOR_CHECKSUMS = "vectors.crc"
 SCALAR_FIELDS = ("lo", "step", "codes", "norms", "error")
 
 
@@ -53,6 +57,7 @@ def encode_partition(part: PartitionData, build_id: str) -> tuple[bytes, Contain
     for name in SCALAR_FIELDS:
         arrays[f"scalar.{name}"] = getattr(part.scalar, name)
     arrays["vectors.norms"] = part.vector_norms
+    arrays[VECTOR_CHECKSUMS] = row_checksums(np.asarray(part.vectors))
     arrays[VECTORS] = part.vectors
     meta = {
         "kind": "partition",

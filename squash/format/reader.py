@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from numpy.typing import NDArray
 
 from squash.errors import (
@@ -18,6 +19,7 @@ from squash.errors import (
 from squash.format import partition_object, routing
 from squash.format.keys import MANIFEST_PREFIX, MAX_VERSION, manifest_key, manifest_version
 from squash.format.manifest import Manifest, ObjectEntry, decode_manifest
+from squash.format.rows import RangedRows
 from squash.format.sections import ContainerHeader, contiguous_spans, section_array, unpack_all, unpack_header
 from squash.model import IndexMeta, PartitionData
 from squash.storage import ObjectStore, as_store
@@ -165,11 +167,31 @@ class StoredIndex:
             )
         return self.manifest.partitions[partition]
 
-    def load_partition(self, partition: int) -> PartitionData:
-        """Every section of one partition, verified, from a single GET; arrays are read-only views of it."""
+    def load_partition(self, partition: int, *, hold_vectors: bool = True) -> PartitionData:
+        """One partition, verified; arrays are read-only views of what was read.
+
+        With ``hold_vectors`` every section comes from a single GET. Without, everything but the raw vectors
+        comes from two ranged GETs (header, then the run of sections before the vectors) and the vectors are
+        read row by row as the re-rank needs them (`squash.format.rows.RangedRows`).
+        """
         entry = self._entry(partition)
-        header, arrays = unpack_all(_get_whole(self.store, entry), entry.key, partition_object.MAGIC)
-        _check_pinned(entry, header)
+        if hold_vectors:
+            header, arrays = unpack_all(_get_whole(self.store, entry), entry.key, partition_object.MAGIC)
+            _check_pinned(entry, header)
+        else:
+            header = self.partition_header(partition)
+            arrays = self._sections(entry, header, [n for n in header.sections if n != partition_object.VECTORS])
+            vectors = header.sections[partition_object.VECTORS]
+            checksums = arrays[partition_object.VECTOR_CHECKSUMS]
+            if checksums.shape != (header.meta.get("rows"),):
+                raise CorruptObjectError(
+                    f"partition object {entry.key!r}: section 'vectors.crc' has shape "
+                    f"{checksums.shape}, expected ({header.meta.get('rows')},)",
+                    key=entry.key,
+                )
+            arrays[partition_object.VECTORS] = RangedRows(
+                self.store, entry.key, vectors.offset, vectors.shape, np.dtype(vectors.dtype), checksums
+            )
         part = partition_object.decode_partition(header, arrays, entry.key)
         if (part.partition, part.size, part.rotation.dim, part.vectors.dtype.str) != (
             partition,
@@ -203,7 +225,11 @@ class StoredIndex:
             raise InvalidInputError(
                 f"partition {partition} has no section(s) {unknown}; it has {list(header.sections)}"
             )
-        sections = [header.sections[n] for n in wanted if n not in exclude]
+        return self._sections(entry, header, [n for n in wanted if n not in exclude])
+
+    def _sections(self, entry: ObjectEntry, header: ContainerHeader, names: Sequence[str]) -> dict[str, Any]:
+        """The named sections of a partition object, verified: one ranged GET per run of adjacent ones."""
+        sections = [header.sections[n] for n in names]
         spans = contiguous_spans(sections)
         blobs = self.store.get_many(entry.key, spans)
         out = {}

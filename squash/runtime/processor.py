@@ -29,8 +29,10 @@ def process(request: ProcessorRequest, ctx: HandlerContext) -> ProcessorResponse
         if deadline is not None:
             deadline.check(f"searching partition {pid}")
         started = time.perf_counter()
+        hold = ctx.config.holds_vectors(stored.manifest.partitions[pid].size, meta.n_partitions)
         part, hit, evicted = ctx.partitions.get(
-            (request.index.uri, request.index.build, pid), lambda: PreparedPartition(stored.load_partition(pid))
+            (request.index.uri, request.index.build, pid),
+            lambda: PreparedPartition(stored.load_partition(pid, hold_vectors=hold)),
         )
         loaded = time.perf_counter()
         result = search_partition(part, request.queries, filters, request.k, params, meta.metric, request.probes)
