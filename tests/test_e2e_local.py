@@ -150,7 +150,7 @@ def test_rebuilt_index_is_never_served_from_warm_containers(deployment: Deployme
     base, attrs, _ = _build(uri, 400, seed=3)
     result = client.query_batch(queries, k=10, filter=FILTERS[1], **tree)
     deployment.stack.wait_idle()
-    assert result.info["version"] == 1 and result.info["processor.cold"] == 0  # warm containers, new build
+    assert result.info["version"] == 1 and result.info["processor.cold"] == 0, result.info  # warm containers
     truth, _ = exact_knn(base, queries, 10, _mask(FILTERS[1], attrs))
     np.testing.assert_array_equal(result.ids, truth)
 

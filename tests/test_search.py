@@ -366,3 +366,24 @@ def test_a_query_gets_the_same_answer_alone_as_in_any_batch(wide, filtered):
         alone = index.search(queries[i : i + 1], k=K, filter=None if exprs is None else exprs[i], **knobs)
         np.testing.assert_array_equal(alone.ids[0], batch.ids[i])
         np.testing.assert_array_equal(alone.distances[0], batch.distances[i])
+
+
+def test_filtered_list_scans_choose_the_same_rows_by_either_strategy(wide, monkeypatch):
+    """Estimating whole lists then dropping failing rows, or gathering only the passing rows, ranks the same
+    rows by the same estimates: the choice between them changes the cost, never the answer."""
+    from squash.search import lists
+
+    data, index = wide
+    # 5% ranges, each query its own: more matches than exact_threshold per partition at exact_threshold=50.
+    exprs = [{"a0": {"$gte": 0.01 * i, "$lt": 0.01 * i + 0.05}} for i in range(len(data.queries))]
+    knobs = {"probe": 4, "rerank_depth": 15, "exact_threshold": 50}
+    answers = []
+    for share in (0, 10**9):  # always gather; never gather
+        monkeypatch.setattr(lists, "_GATHER_SHARE", share)
+        answers.append(index.search(data.queries, k=K, filter=exprs, **knobs))
+    assert (answers[0].stats["prefix"] > 0).all(), "every query should scan lists"
+    np.testing.assert_array_equal(answers[0].ids, answers[1].ids)
+    np.testing.assert_array_equal(answers[0].distances, answers[1].distances)
+    masks = [(data.attributes["a0"] >= 0.01 * i) & (data.attributes["a0"] < 0.01 * i + 0.05) for i in range(24)]
+    truth = brute_force(data.base, data.queries, masks)
+    assert recall(answers[1].ids, truth) >= 0.8

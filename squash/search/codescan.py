@@ -77,16 +77,20 @@ def shared_estimates(
     return out
 
 
-def gathered_estimates(part: PreparedPartition, codes: QueryCodes, rows: NDArray[np.int64]) -> NDArray[np.float32]:
-    """Float32 estimated scores (nq, m) of each query's own rows ``rows[i]``: one matrix-vector product each."""
+def gathered_estimates(
+    part: PreparedPartition, codes: QueryCodes, rows: NDArray[np.int64], qs: NDArray[np.int64] | None = None
+) -> NDArray[np.float32]:
+    """Float32 estimated scores (nq, m) of query ``qs[i]``'s own rows ``rows[i]`` (``qs``: every query of
+    ``codes``, in order): one matrix-vector product each."""
     nq, m = rows.shape
+    qs = np.arange(nq) if qs is None else qs
+    weights, constant = codes.weights[qs], codes.constant[qs].astype(np.float32)
     out = np.empty((nq, m), dtype=np.float32)
     step = max(1, _PAIR_CHUNK // max(m * part.data.scalar.codes.shape[1], 1))
-    constant = codes.constant.astype(np.float32)
     for start in range(0, nq, step):
         chunk = slice(start, start + step)
         x = part.data.scalar.codes[rows[chunk]].astype(np.float32)
-        out[chunk] = np.matmul(x, codes.weights[chunk, :, None])[..., 0] + constant[chunk, None]
+        out[chunk] = np.matmul(x, weights[chunk, :, None])[..., 0] + constant[chunk, None]
     if codes.metric is not Metric.IP:
         out += part.data.scalar.norms[rows]
     return out

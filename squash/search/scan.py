@@ -321,7 +321,7 @@ def search_partition(
         choice = choose_lists(part, queries[qs], [filters[i] for i in scanning], estimate, probe, k, params, metric)
         clock.lap("filter")
         codes = QueryCodes(part, queries, metric)
-        rows = scan_lists(part, codes, choice, qs, k, params, metric, stats)
+        rows = scan_lists(part, codes, choice, qs, k, params, stats)
         stats["reranked"][qs] += (rows >= 0).sum(axis=1)
         clock.lap("bound")
         ids[qs], dists[qs] = _finish(part, rows, queries[qs], metric, k)
