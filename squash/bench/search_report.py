@@ -43,8 +43,11 @@ class Footprint:
     shape: tuple[int, int]
     object_bytes: float
     warm_bytes: float
-    # Per batch ("unfiltered", "1% ..."): seconds to open, of the first search, median of warm searches.
-    first_query: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    # Warm bytes of a processor that reads the raw vectors by ranged reads instead of holding them.
+    ranged_bytes: float
+    # Per batch ("unfiltered", "1% ..."): seconds to open, of the first search (loading what it visits), to
+    # load every partition, of the first search after that, and the median of warm searches.
+    first_query: dict[str, tuple[float, float, float, float, float]] = field(default_factory=dict)
 
 
 Curves = dict[str, list[Point]]
@@ -171,21 +174,34 @@ def footprint_table(footprints: Sequence[Footprint]) -> str:
                 f"{f.warm_bytes:,.0f}",
                 f"{f.object_bytes / raw:.2f}",
                 f"{f.warm_bytes / raw:.2f}",
+                f"{f.ranged_bytes:,.0f}",
+                f"{f.ranged_bytes / raw:.2f}",
             ]
         )
     headers = ["dataset", "rows x dim", "float32 B/vector", "objects B/vector", "warm B/vector"]
-    return markdown_table([*headers, "objects / float32", "warm / float32"], rows)
+    ratios = ["objects / float32", "warm / float32", "warm without vectors B/vector", "without vectors / float32"]
+    return markdown_table([*headers, *ratios], rows)
 
 
 def first_query_table(footprints: Sequence[Footprint]) -> str:
     """The first search of a batch on a freshly opened index against the median warm search of it."""
     rows = [
-        [f.dataset, batch, f"{opened:.3f}", f"{first:.3f}", f"{warm:.3f}", f"{first / warm:.1f}x"]
+        [
+            f.dataset,
+            batch,
+            f"{opened:.3f}",
+            f"{first:.3f}",
+            f"{load:.3f}",
+            f"{loaded:.3f}",
+            f"{warm:.3f}",
+            f"{first / warm:.1f}x",
+            f"{loaded / warm:.1f}x",
+        ]
         for f in footprints
-        for batch, (opened, first, warm) in f.first_query.items()
+        for batch, (opened, first, load, loaded, warm) in f.first_query.items()
     ]
-    headers = ["dataset", "batch", "open s", "first search s", "warm search s (median)", "first / warm"]
-    return markdown_table(headers, rows)
+    headers = ["dataset", "batch", "open s", "first search s", "load s", "first after load s", "warm s (median)"]
+    return markdown_table([*headers, "first / warm", "first after load / warm"], rows)
 
 
 def time_table(work_curves: list[tuple[Workload, Curves]]) -> str:
