@@ -19,6 +19,7 @@ from squash.calibration import DEFAULT_TARGET, calibrate, check_target
 from squash.errors import InvalidInputError
 from squash.model import IndexMeta, Metric, PartitionData
 from squash.osq import fit_klt
+from squash.osq.lead import leading_dims
 from squash.osq.scalar import ScalarCodes
 from squash.partition import balanced_kmeans, default_partitions, kmeans
 from squash.validation import as_vectors
@@ -129,18 +130,21 @@ def build_in_memory(
         rows = rows[grouped]
         part = x[rows]
         rotation = fit_klt(part)
+        rotated = rotation.apply(part)
+        scalar = ScalarCodes.encode(rotated)
         kept = part if stored is x else np.ascontiguousarray(stored[rows])
         return PartitionData(
             partition=pid,
             ids=rows.astype(np.int64),
             rotation=rotation,
-            scalar=ScalarCodes.encode(rotation.apply(part)),
+            scalar=scalar,
             attr_codes=np.ascontiguousarray(codes[rows]),
             attr_raw={name: np.ascontiguousarray(col[rows]) for name, col in raw.items()},
             vectors=kept,
             list_starts=list_starts,
             list_centroids=list_centroids,
             vector_norms=(kept.astype(np.float64) ** 2).sum(axis=1).astype(np.float32),
+            lead=leading_dims(rotated, scalar, seed + pid) if metric is not Metric.IP else 0,
         )
 
     # Partitions run in parallel threads; BLAS threads on top of them oversubscribe the cores

@@ -63,7 +63,8 @@ class PartitionData:
     Rows are in partition order, grouped by fine list: list ``j`` (k-means inside the partition) is
     rows ``list_starts[j]:list_starts[j + 1]`` around ``list_centroids[j]``. ``ids`` maps rows to
     global ids. ``rotation`` is the partition's KLT and ``scalar`` the one-byte-per-dimension codes of its
-    rotated rows, what searches rank rows from; ``vectors`` keeps the original values (uint8 data stays
+    rotated rows, what searches rank rows from (list scans over the ``lead`` leading dimensions alone when
+    it is not 0: `squash.osq.lead`); ``vectors`` keeps the original values (uint8 data stays
     uint8) for the exact re-rank and ``vector_norms`` their squared norms; ``attr_raw`` the exact attribute
     values for the filter's exact check.
     """
@@ -78,6 +79,7 @@ class PartitionData:
     list_starts: NDArray[np.int64]
     list_centroids: NDArray[np.float32]
     vector_norms: NDArray[np.float32]
+    lead: int = 0
 
     @property
     def size(self) -> int:

@@ -101,3 +101,25 @@ def test_spans_below_float32_resolution_still_encode() -> None:
     sc = ScalarCodes.encode(z)
     assert (sc.step > 0).all() and np.isfinite(sc.error).all()
     assert sc.error.max() <= 1e-44
+
+
+def test_leading_dims_are_kept_only_where_they_rank_the_neighbours() -> None:
+    from squash.osq import fit_klt
+    from squash.osq.lead import leading_dims
+
+    rng = np.random.default_rng(5)
+    n, d = 3000, 128
+    # Variance in the head, neighbours decided by the head too: the lead suffices.
+    head = rng.normal(size=(n, d)) * np.geomspace(10, 0.01, d)
+    # Clusters far apart in 8 dimensions (most of the variance), neighbours within a cluster decided by
+    # isotropic noise over all 128: ranking by a quarter of the dimensions would lose them.
+    centres = np.zeros((20, d))
+    centres[:, :8] = rng.normal(size=(20, 8)) * 100
+    tail = centres[rng.integers(0, 20, n)] + rng.normal(size=(n, d))
+    found = []
+    for x in (head, tail):
+        rotation = fit_klt(x.astype(np.float32))
+        z = rotation.apply(x)
+        found.append(leading_dims(z, ScalarCodes.encode(z)))
+    assert 0 < found[0] <= d // 4
+    assert found[1] == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -198,9 +199,10 @@ def test_cli_build_and_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         "color (category, 5 values)",
         "year (int)",
         "calibration  target recall@10 0.9",
-        "  unfiltered r0 ",
     ):
         assert text in info, text
+    # Rung 0 is measured, or (on a loaded machine, for 400 rows) timed slower than the exact search first.
+    assert re.search(r"\n  unfiltered +(r0 [01]\.\d{3} \(>= |- ?; the exact search is faster from r0 on)", info), info
     assert run_cli(["info", out, "--version", "1"]) == 0
     assert "metric       l2" in capsys.readouterr().out
 

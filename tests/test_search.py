@@ -387,3 +387,21 @@ def test_filtered_list_scans_choose_the_same_rows_by_either_strategy(wide, monke
     masks = [(data.attributes["a0"] >= 0.01 * i) & (data.attributes["a0"] < 0.01 * i + 0.05) for i in range(24)]
     truth = brute_force(data.base, data.queries, masks)
     assert recall(answers[1].ids, truth) >= 0.8
+
+
+def test_a_concentrated_spectrum_ranks_by_its_leading_dimensions_batch_independently():
+    """Most of the variance in a few KLT dimensions: list scans rank by those alone, re-rank more rows, and
+    still answer each query as alone, near brute force."""
+    rng = np.random.default_rng(7)
+    centres = rng.normal(size=(30, 128)) * np.geomspace(20, 0.05, 128)
+    base = centres[rng.integers(0, 30, 8000)] + rng.normal(size=(8000, 128)) * np.geomspace(4, 0.05, 128)
+    base = base.astype(np.float32)
+    queries = (base[:40] + rng.normal(size=(40, 128)) * 0.3).astype(np.float32)
+    index = Index.build(base, None, partitions=2)
+    assert all(index.partition(p).lead > 0 for p in range(2))
+    knobs = {"probe": 6, "rerank_depth": 10}
+    batch = index.search(queries, k=K, **knobs)
+    for i in range(0, 40, 7):
+        alone = index.search(queries[i : i + 1], k=K, **knobs)
+        np.testing.assert_array_equal(alone.ids[0], batch.ids[i])
+    assert recall(batch.ids, brute_force(base, queries, [None] * 40)) >= 0.9

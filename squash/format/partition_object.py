@@ -11,7 +11,8 @@ the vectors issues a single ranged GET)::
 
 ``vectors.crc`` holds each raw vector's crc32, so a row read alone (`squash.format.rows`) is verified too.
 
-The header meta records the partition id, the counts and the attribute names in order.
+The header meta records the partition id, the counts, the attribute names in order and ``lead``, the
+leading dimensions list scans rank by (0: every dimension; `squash.osq.lead`).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def encode_partition(part: PartitionData, build_id: str) -> tuple[bytes, Contain
         "rows": part.size,
         "dim": part.rotation.dim,
         "attributes": list(part.attr_raw),
+        "lead": part.lead,
     }
     return pack(MAGIC, meta, arrays)
 
@@ -86,6 +88,7 @@ def decode_partition(header: ContainerHeader, arrays: Mapping[str, NDArray[Any]]
             list_starts=arrays["lists.starts"],
             list_centroids=arrays["lists.centroids"],
             vector_norms=arrays["vectors.norms"],
+            lead=int(meta["lead"]),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise CorruptObjectError(f"partition object {key!r} is missing data: {e!r}", key=key) from None
@@ -117,6 +120,8 @@ def check_partition_shapes(part: PartitionData, meta: Mapping[str, Any], key: st
             raise CorruptObjectError(
                 f"partition object {key!r}: section {name!r} has shape {found}, expected {wanted}", key=key
             )
+    if not 0 <= part.lead <= d:
+        raise CorruptObjectError(f"partition object {key!r}: lead {part.lead} is not in 0..{d}", key=key)
     starts = part.list_starts
     if starts.ndim != 1 or starts[0] != 0 or starts[-1] != n or (np.diff(starts) < 0).any():
         raise CorruptObjectError(

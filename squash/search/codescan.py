@@ -31,9 +31,19 @@ _PAIR_CHUNK = 1 << 20
 
 
 def _product(
-    part: PreparedPartition, codes: QueryCodes, qs: NDArray[np.int64], rows: slice | NDArray[np.int64]
+    part: PreparedPartition,
+    codes: QueryCodes,
+    qs: NDArray[np.int64],
+    rows: slice | NDArray[np.int64],
+    lead: bool = False,
 ) -> NDArray[np.float32]:
-    """Float32 estimated scores (len(qs), rows) of ``rows`` for queries ``qs``: one matrix product."""
+    """Float32 estimated scores (len(qs), rows) of ``rows`` for queries ``qs``: one matrix product. With
+    ``lead``, the squared distance over the partition's leading dimensions only (``part.lead``)."""
+    if lead:
+        block = codes.weights[qs, : part.lead] @ part.data.scalar.codes[rows, : part.lead].astype(np.float32).T
+        block += codes.lead_constant[qs].astype(np.float32)[:, None]
+        block += part.lead_norms[rows]
+        return block
     block = codes.weights[qs] @ part.data.scalar.codes[rows].astype(np.float32).T
     block += codes.constant[qs].astype(np.float32)[:, None]
     if codes.metric is not Metric.IP:
@@ -49,10 +59,11 @@ def estimate_table(
     pair_list: NDArray[np.int64],
     pair_at: NDArray[np.int64],
     width: int,
+    lead: bool = False,
 ) -> NDArray[np.float32]:
     """(len(qs), width) estimated scores: pair j (query ``qs[pair_q[j]]``, list ``pair_list[j]``) writes its
     list's rows from flat position ``pair_at[j]`` on; positions no pair writes stay inf. One product per list,
-    for all the queries that scan it."""
+    for all the queries that scan it; with ``lead``, over the leading dimensions only."""
     starts = part.data.list_starts
     table = np.full((len(qs), width), np.inf, dtype=np.float32)
     flat = table.reshape(-1)
@@ -62,7 +73,7 @@ def estimate_table(
     for j, lst in enumerate(lists.tolist()):
         pairs = by_list[edges[j] : edges[j + 1]]
         lo, hi = int(starts[lst]), int(starts[lst + 1])
-        block = _product(part, codes, qs[pair_q[pairs]], slice(lo, hi))
+        block = _product(part, codes, qs[pair_q[pairs]], slice(lo, hi), lead)
         flat[(pair_at[pairs, None] + np.arange(hi - lo)).ravel()] = block.ravel()
     return table
 
@@ -106,9 +117,18 @@ def rounding_margin(part: PreparedPartition, codes: QueryCodes, qs: NDArray[np.i
 
 
 def pair_estimates(
-    part: PreparedPartition, codes: QueryCodes, queries: NDArray[np.int64], rows: NDArray[np.int64]
+    part: PreparedPartition,
+    codes: QueryCodes,
+    queries: NDArray[np.int64],
+    rows: NDArray[np.int64],
+    lead: bool = False,
 ) -> NDArray[np.float64]:
-    """The estimated score of each (query, row) pair, computed pair by pair in float64."""
+    """The estimated score of each (query, row) pair, computed pair by pair in float64 (with ``lead``, over
+    the partition's leading dimensions only)."""
+    if lead:
+        w = codes.weights[queries, : part.lead].astype(np.float64)
+        x = part.data.scalar.codes[rows, : part.lead].astype(np.float64)
+        return np.einsum("pd,pd->p", w, x) + codes.lead_constant[queries] + part.lead_norms[rows]
     w = codes.weights[queries].astype(np.float64)
     out = np.einsum("pd,pd->p", w, part.data.scalar.codes[rows].astype(np.float64)) + codes.constant[queries]
     if codes.metric is not Metric.IP:

@@ -46,6 +46,13 @@ class QueryCodes:
             return -(q * lo).sum(axis=1) - (self.queries.astype(np.float64) * mean).sum(axis=1)
         return (q * q).sum(axis=1) - 2.0 * (q * lo).sum(axis=1)
 
+    @cached_property
+    def lead_constant(self) -> NDArray[np.float64]:
+        """(nq,) `constant` over the partition's leading dimensions only (L2 and cosine)."""
+        q = self.rotated[:, : self.part.lead].astype(np.float64)
+        lo = self.part.data.scalar.lo[: self.part.lead].astype(np.float64)
+        return (q * q).sum(axis=1) - 2.0 * (q * lo).sum(axis=1)
+
 
 def select_smallest(values: NDArray[np.generic], count: int) -> NDArray[np.int64]:
     """Column indices of the ``count`` smallest values in each row (unordered)."""

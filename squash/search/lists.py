@@ -38,6 +38,8 @@ _MATCH_SLACK = 1.25
 # A filtered query gathers the codes of its passing rows, rather than sharing the products over whole lists,
 # when fewer than one scanned row in this many passes (`scan_lists`).
 _GATHER_SHARE = 16
+# Ranked by the leading dimensions alone (`PreparedPartition.lead`), a query re-ranks this many times its depth.
+_LEAD_WIDEN = 4
 
 
 def list_scores(
@@ -174,12 +176,15 @@ def scan_lists(
         dtype=np.int64,
     )
     gather = passing * _GATHER_SHARE < scanned
-    out = np.full((len(qs), depth), -1, dtype=np.int64)
-    for subset, scan in ((np.flatnonzero(~gather), _scan_whole_lists), (np.flatnonzero(gather), _scan_matches)):
-        if len(subset):
-            rows = scan(part, codes, choice, subset, qs[subset], depth)
-            out[subset, : rows.shape[1]] = rows
-            stats["prefix"][qs[subset]] += (rows >= 0).sum(axis=1)
+    found = [
+        (subset, scan(part, codes, choice, subset, qs[subset], depth))
+        for subset, scan in ((np.flatnonzero(~gather), _scan_whole_lists), (np.flatnonzero(gather), _scan_matches))
+        if len(subset)
+    ]
+    out = np.full((len(qs), max(rows.shape[1] for _, rows in found)), -1, dtype=np.int64)
+    for subset, rows in found:
+        out[subset, : rows.shape[1]] = rows
+        stats["prefix"][qs[subset]] += (rows >= 0).sum(axis=1)
     stats["filtered"][qs] += passing
     return out
 
@@ -208,7 +213,10 @@ def _scan_whole_lists(
     width = int(per_query.max())
     column = np.cumsum(pair_len) - pair_len - np.repeat(np.cumsum(per_query) - per_query, counts)
     pair_at = pair_q * width + column
-    table = estimate_table(part, codes, qs, pair_q, pair_list, pair_at, width)
+    # On a spectrum concentrated in a few leading dimensions, rows are ranked over those alone and more of
+    # them go to the exact re-rank.
+    lead = part.lead > 0 and codes.metric is not Metric.IP
+    table = estimate_table(part, codes, qs, pair_q, pair_list, pair_at, width, lead)
     for i, j in enumerate(subset.tolist()):
         mask = choice.masks[j]
         if mask is not None:
@@ -222,9 +230,9 @@ def _scan_whole_lists(
     # Each query's depth is its own: one set by its batch-mates would change its answer with the batch.
     chosen = select_depth(
         table,
-        np.full(nq, depth, dtype=np.int64),
+        np.full(nq, _LEAD_WIDEN * depth if lead else depth, dtype=np.int64),
         rounding_margin(part, codes, qs),
-        lambda q, col: pair_estimates(part, codes, qs[q], rows_at(q, col)),
+        lambda q, col: pair_estimates(part, codes, qs[q], rows_at(q, col), lead),
     )
     return np.where(chosen >= 0, rows_at(np.arange(nq)[:, None], np.maximum(chosen, 0)), -1)
 

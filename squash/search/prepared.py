@@ -15,6 +15,7 @@ from squash.search.conjunctions import conjunction_matches
 from squash.search.postings import DriverBounds, Postings, concat_ranges, gather_runs, sorted_pairs
 
 _CODES = 256
+_BLOCK_ROWS = 16_384
 # Above this fraction of the partition, a full pass over the codes beats gathering posting lists.
 _INDEX_LOOKUP_LIMIT = 0.25
 # Posting-list lookups of up to _BATCHED_LOOKUP rows are checked together, up to _LOOKUP_BATCH_ROWS rows
@@ -31,6 +32,8 @@ class PreparedPartition:
 
     - ``list_norms``: squared norms of the fine-list centroids, for ranking lists per query;
     - ``max_norm``, the largest norm of a raw vector, for the rounding margins of float32 screens;
+    - ``lead_norms``, each decoded row's squared norm over the leading dimensions list scans rank by
+      (``data.lead``, chosen at build: `squash.osq.lead`), and ``lead``, their count (0: every dimension);
     - code histograms, and per-attribute posting lists (rows sorted by value: 12 ms and 12 bytes per row
       at 100k rows), so a selective filter costs O(matches) instead of a pass over every row
       (low-selectivity and anti-correlated queries).
@@ -40,6 +43,8 @@ class PreparedPartition:
     histograms: NDArray[np.int64] = field(init=False)
     list_norms: NDArray[np.float32] = field(init=False)
     max_norm: float = field(init=False)
+    lead: int = field(init=False)
+    lead_norms: NDArray[np.float32] = field(init=False)
     _postings: list[Postings] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -50,6 +55,7 @@ class PreparedPartition:
             else np.zeros((0, _CODES), dtype=np.int64)
         )
         self.max_norm = float(np.sqrt(self.data.vector_norms.astype(np.float64).max(initial=0.0)))
+        self.lead, self.lead_norms = self.data.lead, _lead_norms(self.data)
         centroids = self.data.list_centroids
         self.list_norms = np.einsum("ij,ij->i", centroids, centroids)
         # Built at load, not on a filter's first use: the first filtered search after a load costs what a
@@ -67,7 +73,8 @@ class PreparedPartition:
     def nbytes(self) -> int:
         """Memory held: the partition's arrays plus what was derived from them (what a warm cache pays)."""
         postings = sum(p.nbytes for p in self._postings)
-        return self.data.nbytes + postings + int(self.list_norms.nbytes + self.histograms.nbytes)
+        derived = self.list_norms.nbytes + self.histograms.nbytes + self.lead_norms.nbytes
+        return self.data.nbytes + postings + int(derived)
 
     def postings(self, attribute: int) -> Postings:
         """Posting lists of attribute ``attribute`` (rows sorted by value)."""
@@ -191,3 +198,16 @@ class PreparedPartition:
             by_owner = np.argsort(owner, kind="stable")
             owner, row = owner[by_owner], row[by_owner]
         return owner, row
+
+
+def _lead_norms(data: PartitionData) -> NDArray[np.float32]:
+    """Each decoded row's squared norm over the partition's leading dimensions (none when ``lead`` is 0)."""
+    if not data.lead:
+        return np.zeros(0, dtype=np.float32)
+    scalar, lead = data.scalar, data.lead
+    lo, step = scalar.lo[:lead].astype(np.float64), scalar.step[:lead].astype(np.float64)
+    norms = np.empty(data.size, dtype=np.float32)
+    for start in range(0, data.size, _BLOCK_ROWS):
+        decoded = lo + step * scalar.codes[start : start + _BLOCK_ROWS, :lead]
+        norms[start : start + len(decoded)] = (decoded**2).sum(axis=1)
+    return norms
