@@ -256,3 +256,15 @@ def test_a_malformed_calibration_is_a_corrupt_object(
     bad = replace(index.meta, params={**index.meta.params, "calibration": stored})
     with pytest.raises(squash.CorruptObjectError, match="calibration"):
         search(bad, index.partition, queries[:2], k=K, filter=None, knobs={})
+
+
+def test_a_rung_counts_only_if_every_costlier_measured_rung_meets_the_target_too() -> None:
+    from squash.search.effort import EXACT, Calibration
+
+    table = {"10%": [(0, 0.98, 0.97), (2, 0.96, 0.94), (4, 0.98, 0.96), (6, 0.99, 0.98)]}
+    calibration = Calibration(0.95, table, {"10%": 17})
+    assert calibration.choose("10%", 0.95) == (4, 0.98)  # rung 0 met it by chance: rung 2 does not
+    assert calibration.choose("10%", 0.97) == (6, 0.99)
+    assert calibration.choose("10%", 0.99) == (EXACT, 1.0)
+    faster = Calibration(0.95, table, {"10%": 6})  # the exact search beat rung 6: only rungs below count
+    assert faster.choose("10%", 0.97) == (EXACT, 1.0)

@@ -32,7 +32,7 @@ from squash.search.params import SearchParams
 # Rung 0 and the growth per rung. Rung 8 is probe 128, 80 rows re-ranked, 2,400 matches gathered. The
 # re-rank depth grows at half the rate (the fourth root of 2 per rung): candidates are ranked from codes over
 # every dimension, so more lists find more of the neighbours, while the depth only corrects the estimate's
-# order near the k-th (debian-packages-e5small-384 at probe 32: recall@10 0.932 at a depth of 30 and of 400).
+# order near the k-th (debian-packages-e5small-384, 128 lists, probe 32: recall@10 0.932 at a depth of 30 and of 400).
 _BASE_PROBE = 8
 _BASE_DEPTH = 20
 _BASE_MATCHES = 150
@@ -99,16 +99,21 @@ class Calibration:
         return kind if kind in self.recall else order[0]
 
     def choose(self, kind: str, target: float) -> tuple[int, float]:
-        """(rung, recall estimate): the cheapest rung assured of ``target``, else the exact search; the exact
-        search too once it ran faster than the rung."""
+        """(rung, recall estimate): the cheapest rung assured of ``target`` whose costlier measured rungs all are
+        too, else the exact search; the exact search too once it ran faster than the rung.
+
+        Recall grows with effort, so a rung that meets the target while a costlier one misses it met it by the
+        sample's chance (Fashion-MNIST, 10% filters: rung 0 assured 0.970, rung 2 0.944, rung 4 0.962).
+        """
         measured = self._measured(kind)
         limit = self.exact_faster.get(measured, TOP_RUNG + 1)
-        for rung, mean, assured in self.recall[measured]:
-            if rung >= limit:
+        rows = [row for row in self.recall[measured] if row[0] < limit]
+        chosen = EXACT, 1.0
+        for rung, mean, assured in reversed(rows):
+            if assured < target:
                 break
-            if assured >= target:
-                return rung, mean
-        return EXACT, 1.0
+            chosen = rung, mean
+        return chosen
 
 
 @dataclass(frozen=True)
