@@ -128,7 +128,7 @@ def time_split(info: dict[str, float]) -> dict[str, float]:
         "plan (allocators)": info["allocator.plan_seconds"] + info["coordinator.plan_seconds"],
         "storage reads + decode": sum(info[f"{r}.load_seconds"] for r in ROLES),
         "filter (codes, posting lists, exact checks)": info["processor.filter_seconds"],
-        "pruning levels (prefix, OSQ bounds)": info["processor.bound_seconds"],
+        "scalar-code estimates": info["processor.estimate_seconds"],
         "exact re-rank + top-k": info["processor.rerank_seconds"],
     }
     cpu = sum(info[f"{r}.cpu_seconds"] for r in ROLES)

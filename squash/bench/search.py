@@ -154,7 +154,7 @@ def build_squash(
 
     def run(knobs: dict[str, Any], q: NDArray[np.float32], filters: list[Filter], budget: float) -> Run:
         ids = np.full((len(q), K), -1, dtype=np.int64)
-        info = dict.fromkeys(("plan_s", "scan_s", "filter_s", "bound_s", "rerank_s"), 0.0)
+        info = dict.fromkeys(("plan_s", "scan_s", "filter_s", "estimate_s", "rerank_s"), 0.0)
         estimate = 0.0
         stats: dict[str, float] = {}
         start = time.perf_counter()
@@ -388,8 +388,8 @@ def report_dataset(
     report.append(time_table(results))
     report.append(
         "\nShares of wall time: plan = partition and fine-list selection; filter = filter evaluation (codes, "
-        "posting lists, exact checks) and list choice; bounds = pruning levels (prefix bounds over the "
-        "scanned lists, Hamming and OSQ bounds of candidate sets); re-rank = exact distances and top-k; "
+        "posting lists, exact checks) and list choice; estimates = scalar-code estimates of the "
+        "scanned lists and candidate sets; re-rank = exact distances and top-k; "
         "rest = query rotation, merging and the caller's loop. "
         "checks: filter violations / queries without exactly min(k, matches) results / duplicate ids, "
         "summed over the measured queries."

@@ -213,12 +213,12 @@ def time_table(work_curves: list[tuple[Workload, Curves]]) -> str:
         "QPS",
         "plan %",
         "filter %",
-        "bounds %",
+        "estimates %",
         "re-rank %",
         "rest %",
         "partitions",
         "filtered",
-        "prefix kept",
+        "estimated",
         "reranked",
         "exact scans",
         "checks (viol/count/dup)",
@@ -230,7 +230,7 @@ def time_table(work_curves: list[tuple[Workload, Curves]]) -> str:
             rows.append([work.label, "never reaches 0.95", *[""] * 13])
             continue
         total = p.queries / p.qps
-        shares = [p.info[name] / total for name in ("plan_s", "filter_s", "bound_s", "rerank_s")]
+        shares = [p.info[name] / total for name in ("plan_s", "filter_s", "estimate_s", "rerank_s")]
         rows.append(
             [
                 work.label,
@@ -241,7 +241,7 @@ def time_table(work_curves: list[tuple[Workload, Curves]]) -> str:
                 f"{100 * (1 - sum(shares)):.0f}",
                 f"{p.info['mean partitions']:.2f}",
                 f"{p.info['mean filtered']:,.0f}",
-                f"{p.info['mean prefix']:,.0f}",
+                f"{p.info['mean estimated']:,.0f}",
                 f"{p.info['mean reranked']:,.0f}",
                 f"{p.info['mean exact_scans']:.2f}",
                 f"{p.info['violations']:.0f}/{p.info['wrong_count']:.0f}/{p.info['duplicates']:.0f}",

@@ -184,7 +184,7 @@ def scan_lists(
     out = np.full((len(qs), max(rows.shape[1] for _, rows in found)), -1, dtype=np.int64)
     for subset, rows in found:
         out[subset, : rows.shape[1]] = rows
-        stats["prefix"][qs[subset]] += (rows >= 0).sum(axis=1)
+        stats["estimated"][qs[subset]] += (rows >= 0).sum(axis=1)
     stats["filtered"][qs] += passing
     return out
 

@@ -11,10 +11,8 @@ from numpy.typing import NDArray
 STAT_FIELDS = (
     "partitions",  # partitions visited
     "filtered",  # candidates that satisfy the filter (exactly)
-    "hamming",  # kept by level 1 (sign-code Hamming)
-    "prefix",  # kept by level 2 (exact distance over the leading rotated dimensions)
-    "bounded",  # kept by level 3 (OSQ lower bounds)
-    "reranked",  # candidates handed to the exact re-rank (after safe prefix pruning of exact scans)
+    "estimated",  # rows chosen by their scalar-code estimate for the exact re-rank (list scans, candidate sets)
+    "reranked",  # candidates handed to the exact re-rank (after the safe pruning of exact scans)
     "exact_scans",  # partitions answered by an exact scan of all their candidates (or holding no match)
     "unvisited",  # partitions that may hold a match but were not visited (set by the planner's caller)
 )
@@ -23,7 +21,7 @@ STAT_FIELDS = (
 # Processor time by activity (seconds per partition search), reported up the tree as ``<name>_seconds``.
 LEVEL_TIMES = (
     "filter",  # filter evaluation: posting lists, code states, exact checks, choosing lists
-    "bound",  # pruning levels: prefix bounds over scanned lists, Hamming and OSQ bounds of candidate sets
+    "estimate",  # scalar-code estimates of scanned lists and candidate sets, and choosing the rows to re-rank
     "rerank",  # exact distances (float32 screen, float64 pass) and top-k
 )
 

@@ -323,7 +323,7 @@ def search_partition(
         codes = QueryCodes(part, queries, metric)
         rows = scan_lists(part, codes, choice, qs, k, params, stats)
         stats["reranked"][qs] += (rows >= 0).sum(axis=1)
-        clock.lap("bound")
+        clock.lap("estimate")
         ids[qs], dists[qs] = _finish(part, rows, queries[qs], metric, k)
         clock.lap("rerank")
     # Every filtered group's candidates in one batch.
@@ -365,9 +365,9 @@ def search_partition(
         if codes is None:
             codes = QueryCodes(part, queries, metric)
         rows = _shortlisted(part, cand, codes, k, params, qs)
-        stats["prefix"][qs] += (rows >= 0).sum(axis=1)
+        stats["estimated"][qs] += (rows >= 0).sum(axis=1)
         stats["reranked"][qs] += rows.shape[-1]
-        clock.lap("bound")
+        clock.lap("estimate")
         ids[qs], dists[qs] = _finish(part, rows, queries[qs], metric, k)
         clock.lap("rerank")
     return PartialResult(ids, dists, stats, clock.seconds)

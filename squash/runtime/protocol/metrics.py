@@ -33,7 +33,7 @@ COUNTERS = (
     "load_seconds",  # reading and decoding index objects
     "scan_seconds",  # search_partition, of which:
     "filter_seconds",  # ... filter evaluation and list choice
-    "bound_seconds",  # ... pruning levels (prefix, Hamming, OSQ bounds)
+    "estimate_seconds",  # ... scalar-code estimates of scanned rows
     "rerank_seconds",  # ... exact distances and top-k
     "wait_seconds",  # waiting for children and processors after the node's own work
     "gets",  # storage read requests made by the function
