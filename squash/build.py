@@ -26,17 +26,17 @@ from squash.validation import as_vectors
 
 ATTRIBUTE_BITS = 8
 _HISTOGRAM_CELLS = 256
-# Rows per fine list inside a partition: small enough that a query scans few rows beyond its neighbours',
-# large enough that a list's product is worth its Python call (one per list and batch, for every query
-# scanning it) and that the effort ladder's cheapest rungs still cover enough rows. A partition gets about
-# LIST_TARGET lists, each of LIST_ROWS to LIST_ROWS_MAX rows. Single-thread QPS at recall@10 ~0.95, 200
-# queries, against LIST_TARGET 128: a 100k x 768 clustered flat spectrum 5,177 @ 0.980 vs 2,108 @ 0.957;
-# debian-packages-e5small-384 2,384 @ 0.954 vs 1,869 @ 0.959. Lists of 128-192 rows were faster still
-# (5,967 @ 0.997; 2,516 @ 0.958) but left the cheapest rungs too weak on small partitions (2,500 rows,
-# anti-correlated filters: recall 0.933 at the calibrated default; a far-cluster filter: 0.910).
+# Rows per fine list inside a partition: small enough that a query scans a few percent of a partition,
+# large enough that the per-list work of a scan is a matrix product, not Python overhead. A partition gets
+# about LIST_TARGET lists, each of LIST_ROWS to LIST_ROWS_MAX rows. More lists are faster at equal recall on
+# some data (512 per 100k-row partition, single thread, recall@10 ~0.95: a 100k x 768 clustered flat spectrum
+# 5,177 QPS vs 2,108; debian-packages-e5small-384 2,384 vs 1,869) but leave the effort ladder's cheap rungs
+# weaker on far-anchored filters than the calibration measures (squash bench recall, far-cluster 100k x 32,
+# 25% tag: recall 0.912 at defaults against an estimate of 0.979), so they wait for a calibration that
+# chooses the list size too.
 LIST_ROWS = 256
 LIST_ROWS_MAX = 768
-LIST_TARGET = 512
+LIST_TARGET = 128
 
 
 def default_lists(rows: int) -> int:
