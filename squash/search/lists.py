@@ -7,11 +7,10 @@ scanned rows hold ``probe_matches`` rows that pass its filter (at least k, or ev
 partition with m matches still returns min(k, m) of them. The filter is evaluated on the scanned rows
 only, never on the whole partition, unless several queries share it.
 
-The prefix bound of every scanned row is one matrix product per list for all the queries that scan
-it (list-major), written straight into a query-major table; the rows with the smallest bounds go
-straight to the exact re-rank. The OSQ tail bound is skipped here: with the raw vectors in warm
-memory, ranking a row exactly costs less than bounding it from its codes (measured on SIFT-like 1M x 128
-and Fashion-MNIST: more rows ranked exactly beat fewer rows bounded then ranked, at equal recall).
+Every scanned row gets its estimated distance from its scalar codes (`squash.search.codescan`), one
+matrix product per list for all the queries that scan it, written straight into a query-major table
+(or, for a filter passing few rows, from the passing rows' codes alone); each query's ``rerank_depth``
+rows with the smallest estimates go to the exact re-rank.
 """
 
 from __future__ import annotations
