@@ -96,7 +96,7 @@ Parameters:
     Type: String
     Default: auto
     AllowedValues: [auto, memory, ranged]
-    Description: Where processors read the raw vectors they re-rank; auto holds them when a slot's partitions fit its cache, else reads rows by ranged GETs.
+    Description: Raw vectors for the re-rank; auto holds them if a slot's partitions fit its cache, else ranged GETs.
   QueriesPerAllocator:
     Type: Number
     Default: 50
