@@ -123,3 +123,23 @@ def test_leading_dims_are_kept_only_where_they_rank_the_neighbours() -> None:
         found.append(leading_dims(z, ScalarCodes.encode(z)))
     assert 0 < found[0] <= d // 4
     assert found[1] == 0
+
+
+def test_the_leading_dimensions_table_is_within_its_margin_of_the_pair_estimates() -> None:
+    rng = np.random.default_rng(8)
+    x = (rng.normal(size=(4000, 64)) * np.geomspace(30, 0.01, 64)).astype(np.float32)
+    _, parts = build_in_memory(x, None, partitions=1)
+    prepared = PreparedPartition(parts[0])
+    assert prepared.lead > 0
+    codes = QueryCodes(prepared, (rng.normal(size=(6, 64)) * np.geomspace(30, 0.01, 64)).astype(np.float32), Metric.L2)
+    qs = np.arange(6)
+    sizes = np.diff(prepared.data.list_starts)[:3]
+    width = int(sizes.sum())
+    pair_q, pair_list = np.repeat(qs, 3), np.tile(np.arange(3), 6)
+    pair_at = pair_q * width + np.tile(np.cumsum(sizes) - sizes, 6)
+    table = estimate_table(prepared, codes, qs, pair_q, pair_list, pair_at, width, lead=True)
+    rows = np.arange(width)  # lists 0-2 are the first rows
+    exact = pair_estimates(prepared, codes, np.repeat(qs, width), np.tile(rows, 6), lead=True).reshape(6, width)
+    assert (np.abs(table - exact) <= rounding_margin(prepared, codes, qs, lead=True)[:, None]).all()
+    full = pair_estimates(prepared, codes, np.repeat(qs, width), np.tile(rows, 6)).reshape(6, width)
+    assert (exact <= full + 1e-6 * np.abs(full).max()).all()  # over fewer dimensions: a lower bound

@@ -16,12 +16,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from squash.model import Metric
+from squash.osq.scalar import LEVELS
 from squash.search.levels import QueryCodes
 from squash.search.prepared import PreparedPartition
 
 # Unit roundoff of float32.
 _U32 = 2.0**-24
-_LEVELS = 255
 
 
 # Rows of codes converted to float32 per product: 4 MB at D = 384, so a block stays in cache.
@@ -107,13 +107,19 @@ def gathered_estimates(
     return out
 
 
-def rounding_margin(part: PreparedPartition, codes: QueryCodes, qs: NDArray[np.int64]) -> NDArray[np.float64]:
-    """Per query, a bound on |float32 table estimate - float64 pair estimate|: the float32 product's error
-    over D terms of at most 255 |w_d| each, and the rounding of the two additions."""
-    d = part.data.scalar.codes.shape[1]
-    terms = _LEVELS * np.abs(codes.weights[qs].astype(np.float64)).sum(axis=1)
-    largest = terms + float(part.data.scalar.norms.max(initial=0.0)) + np.abs(codes.constant[qs])
-    return 2.0 * (d + 3) * _U32 * largest
+def rounding_margin(
+    part: PreparedPartition, codes: QueryCodes, qs: NDArray[np.int64], lead: bool = False
+) -> NDArray[np.float64]:
+    """Per query, a bound on |float32 table estimate - float64 pair estimate| (with ``lead``, of the estimates
+    over the leading dimensions): the float32 product's error over its d terms of at most 255 |w_d| each, and
+    the rounding of the two additions."""
+    if lead:
+        weights, norms, constant = codes.weights[qs, : part.lead], part.lead_norms, codes.lead_constant[qs]
+    else:
+        weights, norms, constant = codes.weights[qs], part.data.scalar.norms, codes.constant[qs]
+    terms = LEVELS * np.abs(weights.astype(np.float64)).sum(axis=1)
+    largest = terms + float(norms.max(initial=0.0)) + np.abs(constant)
+    return 2.0 * (weights.shape[1] + 3) * _U32 * largest
 
 
 def pair_estimates(

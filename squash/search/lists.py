@@ -230,7 +230,7 @@ def _scan_whole_lists(
     chosen = select_depth(
         table,
         np.full(nq, _LEAD_WIDEN * depth if lead else depth, dtype=np.int64),
-        rounding_margin(part, codes, qs),
+        rounding_margin(part, codes, qs, lead),
         lambda q, col: pair_estimates(part, codes, qs[q], rows_at(q, col), lead),
     )
     return np.where(chosen >= 0, rows_at(np.arange(nq)[:, None], np.maximum(chosen, 0)), -1)
