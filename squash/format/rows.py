@@ -55,14 +55,10 @@ class RangedRows:
         self._cache: OrderedDict[int, NDArray[Any]] = OrderedDict()
         self._capacity = max(1, min(shape[0] // CACHE_SHARE, CACHE_BYTES // max(self._row_bytes, 1)))
         self._lock = threading.Lock()
-        self.rows_read = 0
 
     @property
     def nbytes(self) -> int:
         return self._capacity * self._row_bytes
-
-    def __len__(self) -> int:
-        return self.shape[0]
 
     def __getitem__(self, rows: Any) -> NDArray[Any]:
         index = np.asarray(rows, dtype=np.int64)
@@ -99,5 +95,4 @@ class RangedRows:
             raise CorruptObjectError(
                 f"object {self.key!r}: vectors row {int(rows[bad][0])} does not match its checksum", key=self.key
             )
-        self.rows_read += len(rows)
         return data
