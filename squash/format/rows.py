@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 import zlib
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -36,7 +35,8 @@ class RangedRows:
     """An (n, D) array of raw vectors in ``store`` at ``key``, from byte ``offset``, read as rows are indexed.
 
     Indexing takes an integer array of any shape (the only indexing the re-rank does) and returns the rows
-    with that shape plus (D,); ``nbytes`` is the cache's bound, what this object may hold.
+    with that shape plus (D,); ``nbytes`` is what this object may hold. Rows read go into a ring of slots,
+    the oldest overwritten first, found through a per-row slot table: every lookup is one vectorised gather.
     """
 
     def __init__(
@@ -52,38 +52,42 @@ class RangedRows:
         self.shape, self.dtype = shape, np.dtype(dtype)
         self.checksums = checksums
         self._row_bytes = shape[1] * self.dtype.itemsize
-        self._cache: OrderedDict[int, NDArray[Any]] = OrderedDict()
-        self._capacity = max(1, min(shape[0] // CACHE_SHARE, CACHE_BYTES // max(self._row_bytes, 1)))
+        capacity = max(1, min(shape[0] // CACHE_SHARE, CACHE_BYTES // max(self._row_bytes, 1)))
+        self._held = np.empty((capacity, shape[1]), dtype=self.dtype)
+        self._row_of = np.full(capacity, -1, dtype=np.int64)  # which row each slot holds
+        self._slot_of = np.full(shape[0], -1, dtype=np.int32)  # which slot holds each row
+        self._next = 0
         self._lock = threading.Lock()
 
     @property
     def nbytes(self) -> int:
-        return self._capacity * self._row_bytes
+        return int(self._held.nbytes + self._row_of.nbytes + self._slot_of.nbytes)
 
     def __getitem__(self, rows: Any) -> NDArray[Any]:
         index = np.asarray(rows, dtype=np.int64)
         wanted, inverse = np.unique(index.ravel(), return_inverse=True)
         if len(wanted) and (wanted[0] < 0 or wanted[-1] >= self.shape[0]):
             raise IndexError(f"rows out of range 0..{self.shape[0] - 1}")
-        out = np.empty((len(wanted), self.shape[1]), dtype=self.dtype)
         with self._lock:
-            missing = []
-            for j, row in enumerate(wanted.tolist()):
-                held = self._cache.get(row)
-                if held is None:
-                    missing.append(j)
-                else:
-                    self._cache.move_to_end(row)
-                    out[j] = held
-        if missing:
+            slots = self._slot_of[wanted]
+            out = self._held[np.maximum(slots, 0)]
+        missing = np.flatnonzero(slots < 0)
+        if len(missing):
             read = self._read(wanted[missing])
             out[missing] = read
             with self._lock:
-                for row, values in zip(wanted[missing].tolist(), read, strict=True):
-                    self._cache[row] = values
-                while len(self._cache) > self._capacity:
-                    self._cache.popitem(last=False)
+                self._keep(wanted[missing][-len(self._held) :], read[-len(self._held) :])
         return out[inverse].reshape(*index.shape, self.shape[1])
+
+    def _keep(self, rows: NDArray[np.int64], values: NDArray[Any]) -> None:
+        """Put rows into the next slots of the ring, forgetting the rows those slots held."""
+        slots = (self._next + np.arange(len(rows))) % len(self._held)
+        self._next = int(slots[-1] + 1) % len(self._held)
+        evicted = self._row_of[slots]
+        self._slot_of[evicted[evicted >= 0]] = -1
+        self._slot_of[rows] = slots
+        self._row_of[slots] = rows
+        self._held[slots] = values
 
     def _read(self, rows: NDArray[np.int64]) -> NDArray[Any]:
         """Rows (sorted, distinct) by ranged reads, each checked against its checksum."""
